@@ -1,0 +1,124 @@
+"""File helpers every stage shares: validated JSONL/text reading and atomic writes.
+
+Errors name the file, the 1-based line and the field, e.g.
+``data/train.jsonl:17: field 'query': missing``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+
+class InputError(ValueError):
+    """Bad input, located by file, line and field."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str, field: str | None = None):
+        self.path, self.line, self.field = str(path), line, field
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f"field {field!r}: {message}" if field else message
+        super().__init__(f"{where}: {what}")
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(path, lineno, f"invalid UTF-8 at byte {err.start}") from None
+
+
+def iter_jsonl(
+    path: str | os.PathLike[str], *, required: Sequence[str] = (), skip_blank: bool = False
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)`` for each line of a JSONL file, validating as it goes.
+
+    Args:
+        path: The file.
+        required: Fields every record must have, with a non-empty value.
+        skip_blank: Skip empty lines instead of rejecting them.
+
+    Raises:
+        InputError: Invalid UTF-8, malformed JSON, a non-object line, an empty line or a missing field.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, None, "file not found")
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode(raw, p, lineno).strip()
+            if not line:
+                if skip_blank:
+                    continue
+                raise InputError(p, lineno, "empty line")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(p, lineno, f"malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise InputError(p, lineno, f"expected a JSON object, got {type(record).__name__}")
+            for name in required:
+                value = record.get(name)
+                if value is None:
+                    raise InputError(p, lineno, "missing", field=name)
+                if isinstance(value, str | list) and len(value) == 0:
+                    raise InputError(p, lineno, "empty", field=name)
+            yield lineno, record
+
+
+def read_jsonl(path: str | os.PathLike[str], *, required: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """All records of a JSONL file (see :func:`iter_jsonl`)."""
+    return [rec for _, rec in iter_jsonl(path, required=required)]
+
+
+def iter_text_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for a plain text file with one text per line; empty lines are errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, None, "file not found")
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            text = _decode(raw, p, lineno).rstrip("\r\n")
+            if not text.strip():
+                raise InputError(p, lineno, "empty line")
+            yield lineno, text
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextIO | BinaryIO]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A crash or an exception leaves any previous ``path`` untouched and no partial file behind.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON atomically, pretty-printed."""
+    with atomic_write(path) as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> None:
+    """Write JSONL atomically."""
+    with atomic_write(path) as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
