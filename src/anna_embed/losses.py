@@ -1,0 +1,262 @@
+"""Training losses: pure functions of embeddings and score matrices, plus the GradCache helper.
+
+Batch geometry, stated once for the whole package:
+
+* ``B`` queries, ``q_emb`` ``[B, D]``, L2-normalised.
+* Each query ``i`` owns a *group* of ``G`` documents: its positive first, then ``G - 1`` hard negatives,
+  flattened so that ``d_emb[i * G : (i + 1) * G]`` is query ``i``'s group; ``d_emb`` is ``[B * G, D]``.
+* **In-batch mode** (retrieval-like tasks): ``scores = q_emb @ d_emb.T`` is ``[B, B * G]`` and
+  ``targets = arange(B) * G``; every other query's documents act as extra negatives.
+* **Group mode** (classification / clustering, where another query's positive is often the same label and
+  therefore a false negative): ``scores[i, j] = q_emb[i] . d_emb[i * G + j]`` is ``[B, G]`` and
+  ``targets = 0``.
+
+Under data parallelism ``d_emb`` is the documents of *all* processes (gathered, see
+:func:`gather_with_grad`) and ``query_offset`` is the global index of this process's first query, so the
+targets become ``(query_offset + arange(B)) * G``.
+
+The soft-label term is the KL divergence from the teacher's distribution over a query's own group to the
+student's, ``KL(softmax(teacher / tau_t) || softmax(student / tau_s))``. Teacher scores are used as the
+mining step wrote them (raw reranker logits or cosine similarities); the only normalisation is the division
+by ``tau_t``, so ``tau_t`` must match the teacher's scale (about 1 for logit-scale rerankers, 0.02-0.05 for
+cosine teachers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The total loss and its parts (the parts are detached, for logging).
+
+    Attributes:
+        loss: ``contrastive + kl_weight * kl``, with grad.
+        contrastive: The InfoNCE term.
+        kl: The distillation term (0 when no row has teacher scores).
+    """
+
+    loss: Tensor
+    contrastive: Tensor
+    kl: Tensor
+
+
+def in_batch_scores(q_emb: Tensor, d_emb: Tensor) -> Tensor:
+    """Cosine scores of every query against every document: ``[B, D] x [N, D] -> [B, N]``."""
+    return q_emb @ d_emb.T  # [B, N]
+
+
+def group_scores(q_emb: Tensor, d_emb: Tensor, group_size: int, *, query_offset: int = 0) -> Tensor:
+    """Scores of each query against its own group only.
+
+    Args:
+        q_emb: ``[B, D]`` queries.
+        d_emb: ``[M * G, D]`` documents, ``M >= query_offset + B`` groups of ``G``.
+        group_size: ``G``.
+        query_offset: Index of the group that belongs to ``q_emb[0]``.
+
+    Returns:
+        ``[B, G]``; column 0 is the positive.
+    """
+    b, dim = q_emb.shape
+    start = query_offset * group_size
+    groups = d_emb[start : start + b * group_size].view(b, group_size, dim)  # [B, G, D]
+    return torch.einsum("bd,bgd->bg", q_emb, groups)  # [B, G]
+
+
+def info_nce(scores: Tensor, targets: Tensor, *, temperature: float) -> Tensor:
+    """Cross-entropy of ``scores / temperature`` against the positive's column, averaged over queries.
+
+    Example:
+        Two queries, two documents, positives on the diagonal, temperature 1:
+        ``-(log(e^1 / (e^1 + e^0)) + log(e^1 / (e^0 + e^1))) / 2 = log(1 + e^-1) ~ 0.3133``.
+    """
+    return F.cross_entropy(scores / temperature, targets)  # scores [B, N], targets [B]
+
+
+def distill_kl(
+    student_scores: Tensor,
+    teacher_scores: Tensor,
+    *,
+    student_temperature: float,
+    teacher_temperature: float,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """``KL(softmax(teacher / tau_t) || softmax(student / tau_s))`` per row, averaged over kept rows.
+
+    Args:
+        student_scores: ``[B, G]`` student scores over each query's group.
+        teacher_scores: ``[B, G]`` teacher scores, same order (positive first).
+        student_temperature: ``tau_s``.
+        teacher_temperature: ``tau_t``.
+        mask: ``[B]`` bool, True for rows that have teacher scores; None keeps every row.
+
+    Returns:
+        A scalar; 0 (with grad) when no row is kept.
+    """
+    log_p_s = F.log_softmax(student_scores / student_temperature, dim=-1)  # [B, G]
+    log_p_t = F.log_softmax(teacher_scores.to(log_p_s.dtype) / teacher_temperature, dim=-1)  # [B, G]
+    per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # [B]
+    if mask is None:
+        return per_row.mean()
+    kept = mask.to(per_row.dtype)  # [B]
+    return (per_row * kept).sum() / kept.sum().clamp(min=1.0)
+
+
+def embedding_loss(
+    q_emb: Tensor,
+    d_emb: Tensor,
+    *,
+    group_size: int,
+    in_batch: bool,
+    student_temperature: float = 0.02,
+    teacher_scores: Tensor | None = None,
+    teacher_mask: Tensor | None = None,
+    teacher_temperature: float = 1.0,
+    kl_weight: float = 0.0,
+    query_offset: int = 0,
+) -> LossOutput:
+    """InfoNCE (+ optional soft-label KL) for one batch in the geometry of the module docstring.
+
+    Args:
+        q_emb: ``[B, D]`` this process's queries.
+        d_emb: ``[M * G, D]`` documents: this process's ``B`` groups, or all processes' groups when
+            gathered for in-batch negatives (then ``query_offset`` locates ours).
+        group_size: ``G`` (1 positive + ``G - 1`` negatives).
+        in_batch: True: score against all documents ``[B, M * G]``; False: only the own group ``[B, G]``.
+        student_temperature: ``tau_s``.
+        teacher_scores: ``[B, G]`` teacher scores of each query's group, or None.
+        teacher_mask: ``[B]`` rows whose teacher scores are valid.
+        teacher_temperature: ``tau_t``.
+        kl_weight: ``lambda``; the KL term is skipped when 0 or without teacher scores.
+        query_offset: Global index of ``q_emb[0]``'s group inside ``d_emb``.
+
+    Returns:
+        :class:`LossOutput`.
+    """
+    b = q_emb.shape[0]
+    own = group_scores(q_emb, d_emb, group_size, query_offset=query_offset)  # [B, G]
+    if in_batch:
+        scores = in_batch_scores(q_emb, d_emb)  # [B, M * G]
+        targets = (query_offset + torch.arange(b, device=q_emb.device)) * group_size  # [B]
+    else:
+        scores = own  # [B, G]
+        targets = torch.zeros(b, dtype=torch.long, device=q_emb.device)  # [B]
+    ce = info_nce(scores, targets, temperature=student_temperature)
+    if teacher_scores is not None and kl_weight > 0:
+        kl = distill_kl(
+            own,
+            teacher_scores,
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            mask=teacher_mask,
+        )
+    else:
+        kl = ce.new_zeros(())
+    loss = ce + kl_weight * kl
+    return LossOutput(loss=loss, contrastive=ce.detach(), kl=kl.detach())
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every process's gradient into the local slice."""
+
+    @staticmethod
+    def forward(ctx: Any, local: Tensor) -> Tensor:  # local [B, D] -> [W * B, D]
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        ctx.rank, ctx.rows = dist.get_rank(), local.shape[0]
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # grad [W * B, D] -> [B, D]
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every process's loss depends on our rows
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(local: Tensor) -> Tensor:
+    """Concatenate ``local`` ``[B, ...]`` from all processes (rank order); identity without distributed.
+
+    The backward all-reduces the full gradient and keeps our slice, so summing the per-process losses'
+    gradients (what DDP's averaging does, up to the ``1 / world`` factor that turns the sum of per-process
+    means into the global mean) equals the single-process gradient on the concatenated batch.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return local
+    return _GatherWithGrad.apply(local)
+
+
+class _RngState:
+    """CPU (and CUDA) RNG state captured before a forward, so a recomputation sees the same dropout."""
+
+    def __init__(self) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def grad_cache_backward(
+    encode: Callable[[Any], Tensor],
+    query_chunks: Sequence[Any],
+    document_chunks: Sequence[Any],
+    loss_fn: Callable[[Tensor, Tensor], LossOutput],
+    *,
+    no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> LossOutput:
+    """Compute ``loss_fn`` over a batch larger than memory and accumulate exact parameter gradients.
+
+    GradCache (Gao et al., 2021): (1) embed every chunk without a graph, (2) compute the loss on the
+    detached embeddings and take its gradient with respect to them, (3) re-embed each chunk with a graph
+    and back-propagate that cached gradient. The RNG state of each chunk's first pass is replayed in the
+    second, so dropout masks agree and the gradients equal those of one plain backward pass.
+
+    Args:
+        encode: Chunk of model inputs -> embeddings ``[b, D]`` with grad.
+        query_chunks: Query inputs, in order; their embeddings concatenate to ``q_emb``.
+        document_chunks: Document inputs, in order (concatenate to ``d_emb``).
+        loss_fn: ``(q_emb, d_emb) -> LossOutput``.
+        no_sync: Context factory that suspends DDP gradient sync; used for every re-embedding but the last.
+
+    Returns:
+        The :class:`LossOutput` (its ``loss`` detached); parameter ``.grad`` fields are accumulated.
+    """
+    chunks = [*query_chunks, *document_chunks]
+    states: list[_RngState] = []
+    cached: list[Tensor] = []
+    with torch.no_grad():
+        for chunk in chunks:
+            states.append(_RngState())
+            cached.append(encode(chunk))  # [b, D]
+    leaves = [c.detach().requires_grad_(True) for c in cached]
+    n_q = len(query_chunks)
+    out = loss_fn(torch.cat(leaves[:n_q]), torch.cat(leaves[n_q:]))
+    out.loss.backward()
+    after = _RngState()
+    for i, (chunk, state, leaf) in enumerate(zip(chunks, states, leaves, strict=True)):
+        state.restore()
+        last = i == len(chunks) - 1
+        ctx = no_sync() if (no_sync is not None and not last) else nullcontext()
+        with ctx:
+            emb = encode(chunk)  # [b, D]
+            emb.backward(leaf.grad)
+    after.restore()
+    return LossOutput(loss=out.loss.detach(), contrastive=out.contrastive, kl=out.kl)

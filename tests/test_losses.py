@@ -1,0 +1,179 @@
+"""Losses against hand-computed values, GradCache gradient equivalence, 2-process gather equivalence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anna_embed.losses import (
+    distill_kl,
+    embedding_loss,
+    gather_with_grad,
+    grad_cache_backward,
+    group_scores,
+    info_nce,
+)
+
+
+def test_info_nce_hand_computed() -> None:
+    scores = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = info_nce(scores, torch.tensor([0, 1]), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    # temperature divides the scores: 0.5 doubles the margin
+    loss_t = info_nce(scores, torch.tensor([0, 1]), temperature=0.5)
+    assert loss_t.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+    # wrong target column: loss of the off-diagonal
+    loss_w = info_nce(scores, torch.tensor([1, 0]), temperature=1.0)
+    assert loss_w.item() == pytest.approx(math.log(1 + math.exp(1)), abs=1e-6)
+
+
+def test_distill_kl_hand_computed_and_mask() -> None:
+    teacher = torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]])
+    student = torch.tensor([[0.0, 0.0], [0.3, -0.1]])
+    expected_row0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    only_first = distill_kl(
+        student, teacher, student_temperature=1.0, teacher_temperature=1.0, mask=torch.tensor([True, False])
+    )
+    assert only_first.item() == pytest.approx(expected_row0, abs=1e-6)
+    # teacher temperature 2 flattens the teacher: p_t = softmax([0, log(3)/2])
+    s3 = math.sqrt(3.0)
+    p = [1 / (1 + s3), s3 / (1 + s3)]
+    expected_t2 = sum(pi * math.log(pi / 0.5) for pi in p)
+    got = distill_kl(student[:1], teacher[:1], student_temperature=1.0, teacher_temperature=2.0)
+    assert got.item() == pytest.approx(expected_t2, abs=1e-6)
+    none_kept = distill_kl(
+        student, teacher, student_temperature=1.0, teacher_temperature=1.0, mask=torch.tensor([False, False])
+    )
+    assert none_kept.item() == 0.0
+    # identical distributions give zero
+    same = distill_kl(teacher * 0.5, teacher, student_temperature=0.5, teacher_temperature=1.0)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _reference_loss(q, d, group, in_batch, tau):
+    """Loop-by-loop InfoNCE in plain Python floats (the oracle)."""
+    total = 0.0
+    for i in range(q.shape[0]):
+        cols = range(d.shape[0]) if in_batch else range(i * group, (i + 1) * group)
+        logits = [float(q[i] @ d[j]) / tau for j in cols]
+        pos = logits[i * group] if in_batch else logits[0]
+        total += -pos + math.log(sum(math.exp(x) for x in logits))
+    return total / q.shape[0]
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_embedding_loss_matches_loop_oracle(in_batch: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(3, 5, generator=g), dim=-1)
+    d = F.normalize(torch.randn(3 * 4, 5, generator=g), dim=-1)
+    out = embedding_loss(q, d, group_size=4, in_batch=in_batch, student_temperature=0.1)
+    assert out.loss.item() == pytest.approx(_reference_loss(q, d, 4, in_batch, 0.1), rel=1e-5)
+    assert out.kl.item() == 0.0
+
+
+def test_group_scores_geometry_and_offset() -> None:
+    q = torch.eye(2, 3)
+    d = torch.arange(18, dtype=torch.float32).view(6, 3)  # 3 groups of 2
+    s = group_scores(q, d, 2, query_offset=1)  # queries own groups 1 and 2
+    assert s.tolist() == [[d[2, 0].item(), d[3, 0].item()], [d[4, 1].item(), d[5, 1].item()]]
+
+
+def test_kl_weight_adds_lambda_times_kl() -> None:
+    g = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(2, 4, generator=g), dim=-1)
+    d = F.normalize(torch.randn(2 * 3, 4, generator=g), dim=-1)
+    teacher = torch.tensor([[3.0, 1.0, 0.0], [2.0, 2.5, -1.0]])
+    base = embedding_loss(q, d, group_size=3, in_batch=True, student_temperature=0.05)
+    out = embedding_loss(
+        q, d, group_size=3, in_batch=True, student_temperature=0.05,
+        teacher_scores=teacher, teacher_temperature=0.5, kl_weight=0.7,
+    )
+    kl = distill_kl(group_scores(q, d, 3), teacher, student_temperature=0.05, teacher_temperature=0.5)
+    assert out.kl.item() == pytest.approx(kl.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(base.loss.item() + 0.7 * kl.item(), rel=1e-6)
+
+
+class _TinyEncoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(50, 16)
+        self.drop = torch.nn.Dropout(0.3)
+        self.proj = torch.nn.Linear(16, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # ids [b, L] -> [b, 8]
+        return F.normalize(self.proj(self.drop(self.emb(ids).mean(1))), dim=-1)
+
+
+def test_grad_cache_matches_plain_gradients() -> None:
+    torch.manual_seed(0)
+    model = _TinyEncoder()
+    q_ids = torch.randint(0, 50, (6, 5))
+    d_ids = torch.randint(0, 50, (12, 7))
+    teacher = torch.randn(6, 2)
+
+    def loss_fn(q, d):
+        return embedding_loss(q, d, group_size=2, in_batch=True, student_temperature=0.05,
+                              teacher_scores=teacher, teacher_temperature=1.0, kl_weight=0.5)
+
+    # plain: one forward per side, with the same RNG replay order as GradCache uses (chunks in order)
+    torch.manual_seed(123)
+    q_parts = [model(c) for c in q_ids.split(2)]
+    d_parts = [model(c) for c in d_ids.split(3)]
+    plain = loss_fn(torch.cat(q_parts), torch.cat(d_parts))
+    plain.loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    torch.manual_seed(123)
+    cached = grad_cache_backward(model, list(q_ids.split(2)), list(d_ids.split(3)), loss_fn)
+    assert cached.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, plain_grads[name], atol=1e-6), name
+
+
+def _gather_worker(rank: int, world: int, init_file: str, result_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(6, 4))
+    x_q, x_d = torch.randn(4, 6), torch.randn(4 * 3, 6)  # global batch: 4 queries, groups of 3
+    b = 4 // world
+    q = F.normalize(x_q[rank * b : (rank + 1) * b] @ weight, dim=-1)
+    d = F.normalize(x_d[rank * b * 3 : (rank + 1) * b * 3] @ weight, dim=-1)
+    out = embedding_loss(q, gather_with_grad(d), group_size=3, in_batch=True,
+                         student_temperature=0.1, query_offset=rank * b)
+    out.loss.backward()
+    loss = out.loss.detach().clone()
+    dist.all_reduce(loss)
+    grad = weight.grad.clone()
+    dist.all_reduce(grad)  # DDP averages: sum / world
+    if rank == 0:
+        torch.save({"loss": loss / world, "grad": grad / world}, result_file)
+    dist.destroy_process_group()
+
+
+def test_two_process_gather_equals_single_process(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    result = tmp_path / "result.pt"
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
+    got = torch.load(result)
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(6, 4))
+    x_q, x_d = torch.randn(4, 6), torch.randn(4 * 3, 6)
+    out = embedding_loss(F.normalize(x_q @ weight, dim=-1), F.normalize(x_d @ weight, dim=-1),
+                         group_size=3, in_batch=True, student_temperature=0.1)
+    out.loss.backward()
+    assert got["loss"].item() == pytest.approx(out.loss.item(), rel=1e-5)
+    assert torch.allclose(got["grad"], weight.grad, atol=1e-6)
+
+
+def test_gather_is_identity_without_distributed() -> None:
+    x = torch.randn(3, 2, requires_grad=True)
+    assert gather_with_grad(x) is x
