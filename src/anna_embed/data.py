@@ -1,0 +1,369 @@
+"""Training records: loading and validation, seeded sampling, task-homogeneous batches, collation.
+
+Two record shapes are accepted, one JSON object per line:
+
+* mining output: ``{query, pos: [..], neg: [..], pos_scores: [..], neg_scores: [..], task, type,
+  instruction}`` (scores optional, but when present one per text);
+* plain pairs: ``{query, positive, negative?, task?}`` (``negative`` a string or a list).
+
+``task`` may instead come from the data source (config). A ``label`` field, when present, is the text a
+few-shot example answers with (classification / clustering answer with the label, as BGE-EN-ICL does);
+otherwise the example answers with the record's first positive.
+
+Every random choice is a pure function of ``(seed, epoch, index)`` (:func:`rng_for`): which positive,
+which negatives, how many few-shot examples and which. The trainer only asks for "batch ``i`` of epoch
+``e``", so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anna_embed.io import InputError, iter_jsonl
+from anna_embed.prompts import DEFAULT_TEMPLATES, PromptTemplates, build_prompt
+from anna_embed.tasks import TASK_TYPES, TaskSpec, UnknownTaskError, get_task
+
+logger = logging.getLogger(__name__)
+
+#: Task types whose batches score only each query's own group (other queries' positives are often the
+#: same label, i.e. false negatives).
+GROUP_ONLY_TYPES: frozenset[str] = frozenset({"Classification", "Clustering"})
+
+# Domain-separation tags so the different draws for one record are independent streams.
+_STREAM_BATCHES, _STREAM_RECORD = 0, 1
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One training file.
+
+    Attributes:
+        path: A JSONL file of records.
+        task: Task name for records without a ``task`` field.
+        max_records: Keep only the first this-many records (None: all).
+    """
+
+    path: str
+    task: str | None = None
+    max_records: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """One validated training record."""
+
+    query: str
+    positives: tuple[str, ...]
+    task: TaskSpec
+    negatives: tuple[str, ...] = ()
+    pos_scores: tuple[float, ...] | None = None
+    neg_scores: tuple[float, ...] | None = None
+    instruction: str | None = None
+    label: str | None = None
+    where: str = ""
+
+    @property
+    def response(self) -> str:
+        """What a few-shot example built from this record answers with."""
+        return self.label if self.label is not None else self.positives[0]
+
+
+def rng_for(seed: int, epoch: int, index: int, stream: int = _STREAM_RECORD) -> np.random.Generator:
+    """The random generator for one ``(seed, epoch, index)``; independent of any global state."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, index, stream]))
+
+
+def _texts(value: Any, path: Path, line: int, name: str) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(t, str) and t.strip() for t in items):
+        raise InputError(path, line, "expected a non-empty string or a list of non-empty strings", field=name)
+    return tuple(items)
+
+
+def _scores(value: Any, n: int, path: Path, line: int, name: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != n:
+        raise InputError(path, line, f"expected a list of {n} numbers (one per text)", field=name)
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise InputError(path, line, f"not a finite number: {v!r}", field=name)
+        out.append(float(v))
+    return tuple(out)
+
+
+def _task_spec(rec: dict[str, Any], default: str | None, path: Path, line: int) -> TaskSpec:
+    name = rec.get("task", default)
+    if not isinstance(name, str) or not name:
+        raise InputError(path, line, "missing (and the data source names no task)", field="task")
+    try:
+        spec = get_task(name)
+    except UnknownTaskError:
+        type_, instr = rec.get("type"), rec.get("instruction")
+        if not (isinstance(type_, str) and isinstance(instr, str)):
+            raise InputError(
+                path, line, f"unknown task {name!r}; give 'type' and 'instruction' with it", field="task"
+            ) from None
+        if type_ not in TASK_TYPES:
+            known = list(TASK_TYPES)
+            raise InputError(path, line, f"{type_!r} is not one of {known}", field="type") from None
+        return TaskSpec(name=name, type=type_, instruction=instr)  # type: ignore[arg-type]
+    if isinstance(rec.get("type"), str) and rec["type"] != spec.type:
+        raise InputError(path, line, f"{rec['type']!r} contradicts task {name}'s type {spec.type!r}", "type")
+    return spec
+
+
+def parse_record(rec: dict[str, Any], *, path: Path, line: int, task: str | None = None) -> TrainRecord:
+    """Validate one JSON object and turn it into a :class:`TrainRecord` (errors name file:line:field)."""
+    query = rec.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise InputError(path, line, "missing or empty", field="query")
+    pos_key = "pos" if "pos" in rec else "positive"
+    if pos_key not in rec:
+        raise InputError(path, line, "missing (need 'pos' or 'positive')", field="pos")
+    positives = _texts(rec[pos_key], path, line, pos_key)
+    neg_key = "neg" if "neg" in rec else "negative"
+    negatives = _texts(rec[neg_key], path, line, neg_key) if rec.get(neg_key) not in (None, []) else ()
+    label = rec.get("label_text", rec.get("label"))
+    instruction = rec.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(path, line, "expected a string", field="instruction")
+    return TrainRecord(
+        query=query,
+        positives=positives,
+        negatives=negatives,
+        pos_scores=_scores(rec.get("pos_scores"), len(positives), path, line, "pos_scores"),
+        neg_scores=_scores(rec.get("neg_scores"), len(negatives), path, line, "neg_scores"),
+        task=_task_spec(rec, task, path, line),
+        instruction=instruction,
+        label=None if label is None else str(label),
+        where=f"{path}:{line}",
+    )
+
+
+def load_records(source: DataSource) -> list[TrainRecord]:
+    """Read and validate one data source."""
+    path = Path(source.path)
+    out: list[TrainRecord] = []
+    for line, rec in iter_jsonl(path, skip_blank=True):
+        if source.max_records is not None and len(out) >= source.max_records:
+            break
+        out.append(parse_record(rec, path=path, line=line, task=source.task))
+    if not out:
+        raise InputError(path, None, "no training records")
+    return out
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file (for the training-data manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """What one process feeds the model for one step.
+
+    Attributes:
+        queries: ``B`` full query prompts (few-shot block + instruction + query).
+        documents: ``B * G`` full document prompts, query ``i``'s group at ``[i * G, (i + 1) * G)``.
+        teacher_scores: ``B`` rows of ``G`` teacher scores (None where unknown).
+        task: The batch's task.
+        in_batch: Whether other queries' documents serve as negatives.
+        indices: The record indices in this batch.
+    """
+
+    queries: list[str]
+    documents: list[str]
+    teacher_scores: list[list[float] | None]
+    task: str
+    in_batch: bool
+    indices: list[int] = field(default_factory=list)
+
+
+class TrainingSet:
+    """Records plus the per-task pools that shot and random-negative sampling draw from."""
+
+    def __init__(self, records: Sequence[TrainRecord]):
+        self.records = list(records)
+        pools: dict[str, list[int]] = defaultdict(list)
+        for i, rec in enumerate(self.records):
+            pools[rec.task.name].append(i)
+        self.pools = dict(pools)
+
+    @classmethod
+    def from_sources(cls, sources: Sequence[DataSource]) -> TrainingSet:
+        """Load and concatenate every source."""
+        records: list[TrainRecord] = []
+        for src in sources:
+            records.extend(load_records(src))
+        return cls(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _excluded(self, own: TrainRecord, cand: TrainRecord) -> bool:
+        """A candidate shot that would leak the query's own pair.
+
+        Same query text always; a shared positive too, except on classification / clustering, where
+        records of one class share their label text and such examples are legitimate.
+        """
+        if cand.query == own.query:
+            return True
+        return own.task.type not in GROUP_ONLY_TYPES and bool(set(cand.positives) & set(own.positives))
+
+    def sample_shots(self, index: int, *, seed: int, epoch: int, max_shots: int) -> list[int]:
+        """Few-shot example indices for record ``index``: ``k ~ U{0..max_shots}`` others of the same task.
+
+        Never the record itself nor one that leaks its pair (:meth:`_excluded`). A pure function of
+        ``(seed, epoch, index)``; fewer than ``k`` when the task has too few eligible records.
+        """
+        if max_shots <= 0:
+            return []
+        own = self.records[index]
+        pool = self.pools[own.task.name]
+        rng = rng_for(seed, epoch, index)
+        k = int(rng.integers(0, max_shots + 1))
+        chosen: list[int] = []
+        for _ in range(8 * k + 8):  # bounded rejection sampling
+            if len(chosen) == k:
+                break
+            cand = pool[int(rng.integers(len(pool)))]
+            if cand == index or cand in chosen or self._excluded(own, self.records[cand]):
+                continue
+            chosen.append(cand)
+        return chosen
+
+    def sample_group(
+        self, index: int, *, seed: int, epoch: int, group_size: int
+    ) -> tuple[list[str], list[float] | None]:
+        """The document group of record ``index``: one positive, then ``group_size - 1`` negatives.
+
+        Mined negatives are drawn without replacement; when a record has too few, the rest are positives
+        of other records of the same task (random negatives). Teacher scores come back only when every
+        document of the group has one.
+        """
+        rec = self.records[index]
+        rng = rng_for(seed, epoch, index, stream=_STREAM_RECORD + 1)
+        p = int(rng.integers(len(rec.positives)))
+        docs, teacher = [rec.positives[p]], [rec.pos_scores[p] if rec.pos_scores else math.nan]
+        n_neg = group_size - 1
+        take = rng.permutation(len(rec.negatives))[:n_neg]
+        for j in take:
+            docs.append(rec.negatives[int(j)])
+            teacher.append(rec.neg_scores[int(j)] if rec.neg_scores else math.nan)
+        pool = self.pools[rec.task.name]
+        own_texts = set(rec.positives)
+        for _ in range(16 * n_neg + 16):
+            if len(docs) == group_size:
+                break
+            other = self.records[pool[int(rng.integers(len(pool)))]]
+            text = other.positives[0]
+            if other is rec or text in own_texts or text in docs:
+                continue
+            docs.append(text)
+            teacher.append(math.nan)
+        if len(docs) < group_size:
+            raise ValueError(
+                f"{rec.where}: cannot fill a group of {group_size} for task {rec.task.name} "
+                f"(only {len(pool)} records); lower group_size or add data"
+            )
+        return docs, (None if any(math.isnan(t) for t in teacher) else teacher)
+
+    def collate(
+        self,
+        indices: Sequence[int],
+        *,
+        seed: int,
+        epoch: int,
+        group_size: int,
+        max_shots: int,
+        shot_max_chars: int,
+        in_batch: str = "by_type",
+        templates: PromptTemplates = DEFAULT_TEMPLATES,
+    ) -> TrainBatch:
+        """Turn record indices (all of one task) into prompt strings through :mod:`anna_embed.prompts`.
+
+        Args:
+            indices: Records of one task.
+            seed: Run seed.
+            epoch: Epoch number.
+            group_size: ``G``.
+            max_shots: ``K`` of ``k ~ U{0..K}``.
+            shot_max_chars: Each shot's query and response are cut to this many characters (a token
+                budget for the few-shot block; about 4 characters per token for English BPE).
+            in_batch: ``"by_type"`` (in-batch negatives except for classification/clustering),
+                ``"always"`` or ``"never"``.
+            templates: The model's prompt templates.
+        """
+        tasks = {self.records[i].task.name for i in indices}
+        if len(tasks) != 1:
+            raise ValueError(f"a batch must hold one task, got {sorted(tasks)}")
+        queries, documents, teacher = [], [], []
+        for i in indices:
+            rec = self.records[i]
+            shots = [
+                (self.records[s].query[:shot_max_chars], self.records[s].response[:shot_max_chars])
+                for s in self.sample_shots(i, seed=seed, epoch=epoch, max_shots=max_shots)
+            ]
+            queries.append(query_prompt(rec, shots, templates=templates))
+            docs, scores = self.sample_group(i, seed=seed, epoch=epoch, group_size=group_size)
+            documents.extend(
+                build_prompt(d, "document", rec.task, instruction=rec.instruction, templates=templates)
+                for d in docs
+            )
+            teacher.append(scores)
+        spec = self.records[indices[0]].task
+        use_in_batch = {"always": True, "never": False}.get(in_batch, spec.type not in GROUP_ONLY_TYPES)
+        return TrainBatch(queries, documents, teacher, spec.name, use_in_batch, list(indices))
+
+
+def query_prompt(
+    rec: TrainRecord, shots: Sequence[tuple[str, str]], *, templates: PromptTemplates = DEFAULT_TEMPLATES
+) -> str:
+    """The full query string of a record with its few-shot examples (what the Embedder would encode)."""
+    return build_prompt(
+        rec.query, "query", rec.task, instruction=rec.instruction, examples=shots, templates=templates
+    )
+
+
+def plan_batches(task_names: Sequence[str], *, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Task-homogeneous batches of one epoch, a pure function of ``(seed, epoch)``.
+
+    Records are shuffled within their task and cut into full batches (a task's remainder is dropped for
+    this epoch; another epoch draws a different remainder); the batches of all tasks are then shuffled
+    together, so tasks are mixed in proportion to their size.
+
+    Args:
+        task_names: Task of each record (index = record index).
+        batch_size: Global batch size (all processes together).
+        seed: Run seed.
+        epoch: Epoch number.
+    """
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(task_names):
+        by_task[name].append(i)
+    rng = rng_for(seed, epoch, 0, stream=_STREAM_BATCHES)
+    batches: list[list[int]] = []
+    for name in sorted(by_task):
+        members = np.asarray(by_task[name])[rng.permutation(len(by_task[name]))]
+        n_full = len(members) // batch_size
+        if n_full == 0:
+            logger.warning("task %s has %d records < batch size %d: skipped", name, len(members), batch_size)
+        batches.extend(members[k * batch_size : (k + 1) * batch_size].tolist() for k in range(n_full))
+    order = rng.permutation(len(batches))
+    return [batches[int(k)] for k in order]
