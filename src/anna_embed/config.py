@@ -44,9 +44,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return _from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_null and type(None) in args:
+            return None
         errors = []
         for arg in args:
             if arg is type(None):
@@ -126,7 +126,9 @@ def build(cls: type[T], data: dict[str, Any] | None = None, overrides: list[str]
     return _from_dict(cls, tree)
 
 
-def load(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load(
+    cls: type[T], path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Load ``cls`` from a TOML (or JSON) file and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:

@@ -18,7 +18,9 @@ from typing import Any, BinaryIO, TextIO
 class InputError(ValueError):
     """Bad input, located by file, line and field."""
 
-    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str, field: str | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str], line: int | None, message: str, field: str | None = None
+    ):
         self.path, self.line, self.field = str(path), line, field
         where = self.path if line is None else f"{self.path}:{line}"
         what = f"field {field!r}: {message}" if field else message

@@ -86,9 +86,7 @@ def format_examples(
     """
     if not examples:
         return ""
-    rendered = [
-        templates.example.format(instruction=instruction, query=q, response=r) for q, r in examples
-    ]
+    rendered = [templates.example.format(instruction=instruction, query=q, response=r) for q, r in examples]
     return templates.example_separator.join(rendered) + templates.example_separator
 
 

@@ -1,0 +1,499 @@
+"""The embedder: any Hugging Face causal LM (or encoder) as an instruction-following text embedder.
+
+Decoders are pooled at the last token, which :mod:`anna_embed.tokenization` guarantees is EOS; encoders
+(sentence-transformers folders such as all-MiniLM-L6-v2) keep their own pooling. Queries carry the task
+instruction and optional few-shot examples (built only by :mod:`anna_embed.prompts`); when many queries
+share one prefix, the prefix runs once and its KV cache is reused for the whole batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from anna_embed import prompts as P
+from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task
+from anna_embed.tokenization import SpecialIds, encode_ids, pad_batch, prefix_ids, special_ids
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["last", "mean", "cls"]
+CONFIG_FILE = "anna_embed.json"
+DECODER_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo2"}
+)
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """How a model turns text into vectors; saved with every model folder as ``anna_embed.json``.
+
+    Attributes:
+        kind: ``decoder`` (EOS appended, instructions on) or ``encoder`` (own specials, no instructions).
+        pooling: ``last`` (EOS token), ``mean`` over tokens, or ``cls``.
+        max_length: Token budget including the prompt and specials; texts are truncated to fit.
+        padding_side: Where batches are padded (results are identical either way).
+        use_instructions: Whether task instructions and examples are applied.
+        templates: The prompt templates (see :class:`anna_embed.prompts.PromptTemplates`).
+        training_datasets: Names of the data the model was trained on (to flag evaluation overlap).
+        base_model: Where the weights came from.
+    """
+
+    kind: Literal["decoder", "encoder"] = "decoder"
+    pooling: Pooling = "last"
+    max_length: int = 512
+    padding_side: Literal["left", "right"] = "right"
+    use_instructions: bool = True
+    templates: P.PromptTemplates = field(default_factory=P.PromptTemplates)
+    training_datasets: tuple[str, ...] = ()
+    base_model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["templates"] = self.templates.to_dict()
+        d["training_datasets"] = list(self.training_datasets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EmbedderConfig:
+        d = dict(d)
+        d["templates"] = P.PromptTemplates.from_dict(d.get("templates") or {})
+        d["training_datasets"] = tuple(d.get("training_datasets") or ())
+        return cls(**d)
+
+
+def _default_dtype(dtype: str) -> torch.dtype:
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if dtype == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        cpu = getattr(torch.backends, "cpu", None)
+        isa = cpu.get_cpu_capability() if cpu is not None else ""
+        return torch.bfloat16 if "AVX512" in isa.upper() or "AMX" in isa.upper() else torch.float32
+    raise ValueError(f"dtype must be float32, bfloat16 or auto, got {dtype!r}")
+
+
+def _detect_config(folder: Path) -> EmbedderConfig:
+    """Config of a folder without ``anna_embed.json``: a sentence-transformers folder or a plain HF one."""
+    modules = folder / "modules.json"
+    hf_config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    is_decoder = hf_config.get("model_type") in DECODER_TYPES or any(
+        a.endswith("ForCausalLM") for a in hf_config.get("architectures") or []
+    )
+    if modules.is_file() and not is_decoder:
+        pooling: Pooling = "mean"
+        pool_cfg = folder / "1_Pooling" / "config.json"
+        if pool_cfg.is_file():
+            pc = json.loads(pool_cfg.read_text())
+            pooling = (
+                "cls"
+                if pc.get("pooling_mode_cls_token")
+                else "last"
+                if pc.get("pooling_mode_lasttoken")
+                else "mean"
+            )
+        st_cfg = folder / "sentence_bert_config.json"
+        max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file() else 512
+        return EmbedderConfig(kind="encoder", pooling=pooling, max_length=max_len, use_instructions=False)
+    if is_decoder:
+        return EmbedderConfig(kind="decoder", pooling="last")
+    return EmbedderConfig(kind="encoder", pooling="mean", use_instructions=False)
+
+
+class Embedder:
+    """Text embedder over a Hugging Face backbone.
+
+    Use :meth:`from_pretrained`; see ``docs/DESIGN.md`` for the contract other stages rely on.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, config: EmbedderConfig, *, name: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name = name or config.base_model
+        self.specials: SpecialIds = special_ids(tokenizer)
+        #: Few-shot examples per task name, used when mteb calls :meth:`encode` (set by the evaluator).
+        self.task_examples: dict[str, list[P.Example]] = {}
+        self.truncated_count = 0
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        pooling: Pooling | None = None,
+        max_length: int | None = None,
+        dtype: str = "float32",
+        device: str | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+    ) -> Embedder:
+        """Load a short name (``smollm2-135m-instruct``), a local folder or a hub id.
+
+        Args:
+            name_or_path: See :func:`anna_embed.models.resolve`.
+            pooling: Override the saved/detected pooling.
+            max_length: Override the token budget.
+            dtype: ``float32``, ``bfloat16`` or ``auto`` (bf16 where the CPU/GPU supports it).
+            device: ``cpu``, ``cuda``...; default: CUDA when available.
+            padding_side: Override the padding side.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        from anna_embed.models import resolve
+
+        folder = resolve(name_or_path)
+        cfg_file = folder / CONFIG_FILE
+        cfg = (
+            EmbedderConfig.from_dict(json.loads(cfg_file.read_text()))
+            if cfg_file.is_file()
+            else _detect_config(folder)
+        )
+        overrides = {
+            k: v
+            for k, v in (("pooling", pooling), ("max_length", max_length), ("padding_side", padding_side))
+            if v is not None
+        }
+        cfg = replace(cfg, base_model=cfg.base_model or str(name_or_path), **overrides)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModel.from_pretrained(folder, dtype=_default_dtype(dtype))
+        model.eval()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        return cls(model, tokenizer, cfg, name=str(name_or_path))
+
+    def save(self, path: str | os.PathLike[str], *, training_datasets: Sequence[str] | None = None) -> Path:
+        """Write a folder that :meth:`from_pretrained` and ``SentenceTransformer(path)`` both load.
+
+        The folder holds the backbone, the tokenizer (exporting EOS appending for decoders), the
+        sentence-transformers module files with one saved prompt per task and role, and ``anna_embed.json``.
+        """
+        from anna_embed.export import save_model
+
+        if training_datasets is not None:
+            self.config = replace(self.config, training_datasets=tuple(training_datasets))
+        return save_model(self, Path(path))
+
+    @property
+    def _cache_kw(self) -> str:
+        """Name of the forward's KV-cache argument (``cache`` in recent transformers)."""
+        import inspect
+
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    # ------------------------------------------------------------------ prompts
+    def _task(self, task: str | TaskSpec | None) -> TaskSpec | None:
+        if task is None or isinstance(task, TaskSpec):
+            return task
+        return get_task(task)
+
+    def query_prefix(
+        self,
+        task: str | TaskSpec | None = None,
+        *,
+        instruction: str | None = None,
+        examples: Sequence[P.Example] = (),
+    ) -> str:
+        """The prefix :meth:`encode_queries` puts before each query (empty for non-instructed models)."""
+        if not self.config.use_instructions:
+            return ""
+        return P.query_prefix(
+            self._task(task), instruction=instruction, examples=examples, templates=self.config.templates
+        )
+
+    def document_prefix(self, task: str | TaskSpec | None = None, *, instruction: str | None = None) -> str:
+        """The prefix :meth:`encode_documents` puts before each document."""
+        if not self.config.use_instructions:
+            return ""
+        return P.document_prefix(self._task(task), instruction=instruction, templates=self.config.templates)
+
+    # ------------------------------------------------------------------ tensors (training uses these)
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Full prompt strings -> padded ``input_ids``/``attention_mask`` (and ``position_ids``) tensors."""
+        ids, truncated = encode_ids(
+            self.tokenizer,
+            texts,
+            max_length=self.config.max_length,
+            append_eos=self.config.kind == "decoder",
+            specials=self.specials,
+        )
+        self.truncated_count += truncated
+        return self._collate(ids)
+
+    def _collate(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        side = self.config.padding_side if self.config.kind == "decoder" else "right"
+        input_ids, mask = pad_batch(ids, pad_id=self.specials.pad, side=side)
+        batch = {"input_ids": torch.tensor(input_ids), "attention_mask": torch.tensor(mask)}
+        if self.config.kind == "decoder":  # positions count real tokens only, so left padding is harmless
+            batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return batch
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings ``[B, D]`` (float32); keeps the autograd graph."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        hidden = self.model(**batch).last_hidden_state  # [B, L, D]
+        return torch.nn.functional.normalize(self._pool(hidden, batch["attention_mask"]).float(), dim=-1)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # [B, L, 1]
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        # last real token, whatever the padding side: L - 1 - (index of the first 1 in the reversed mask)
+        last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)  # [B]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        inputs: Sequence[str] | Iterable[Any],
+        *,
+        prefix: str = "",
+        batch_size: int = 16,
+        dimensions: int | None = None,
+        show_progress: bool | None = None,
+        prefix_cache: bool = True,
+        task_metadata: Any = None,
+        prompt_type: Any = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Embed texts (``prefix + text`` each) into an ``[N, D]`` float32 array, L2-normalised.
+
+        Also serves as mteb's ``EncoderProtocol.encode``: given a DataLoader and ``task_metadata``, it
+        picks the task's instruction, the role from ``prompt_type`` and any examples in
+        :attr:`task_examples`.
+
+        Args:
+            inputs: Strings, or mteb's DataLoader of ``{"text": [...]}`` batches.
+            prefix: Prompt prefix shared by all texts (from :meth:`query_prefix`/:meth:`document_prefix`).
+            batch_size: Texts per forward pass (batches are sorted by length).
+            dimensions: Matryoshka truncation: keep the first ``dimensions`` values and re-normalise.
+            show_progress: Progress bar; default: on for more than 1,000 texts.
+            prefix_cache: Run a non-empty prefix once and reuse its KV cache (decoders only).
+        """
+        if task_metadata is not None:
+            return self._encode_mteb(
+                inputs, task_metadata, prompt_type, batch_size=batch_size, dimensions=dimensions
+            )
+        texts = list(inputs)
+        if not texts:
+            return np.zeros((0, dimensions or self.dimension), dtype=np.float32)
+        if show_progress is None:
+            show_progress = len(texts) > 1000
+        use_cache = prefix_cache and bool(prefix) and self.config.kind == "decoder"
+        if use_cache:
+            vectors = self._encode_prefix_cached(texts, prefix, batch_size, show_progress)
+        else:
+            ids, truncated = encode_ids(
+                self.tokenizer,
+                [prefix + t for t in texts],
+                max_length=self.config.max_length,
+                append_eos=self.config.kind == "decoder",
+                specials=self.specials,
+            )
+            self._note_truncation(truncated)
+            vectors = self._run_sorted(ids, batch_size, show_progress)
+        return _truncate_dims(vectors, dimensions)
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | TaskSpec | None = None,
+        instruction: str | None = None,
+        examples: Sequence[P.Example] = (),
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Embed queries with the task instruction and few-shot ``examples`` (see :meth:`encode`)."""
+        return self.encode(
+            texts, prefix=self.query_prefix(task, instruction=instruction, examples=examples), **kwargs
+        )
+
+    def encode_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | TaskSpec | None = None,
+        instruction: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Embed documents: raw for asymmetric tasks, instructed for symmetric ones."""
+        return self.encode(texts, prefix=self.document_prefix(task, instruction=instruction), **kwargs)
+
+    def similarity(self, a: Any, b: Any) -> torch.Tensor:
+        """Cosine similarity matrix (mteb protocol)."""
+        a_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(a), dtype=torch.float32), dim=-1)
+        b_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(b), dtype=torch.float32), dim=-1)
+        return a_t @ b_t.T
+
+    def similarity_pairwise(self, a: Any, b: Any) -> torch.Tensor:
+        """Cosine similarity of aligned rows (mteb protocol)."""
+        a_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(a), dtype=torch.float32), dim=-1)
+        b_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(b), dtype=torch.float32), dim=-1)
+        return (a_t * b_t).sum(-1)
+
+    # ------------------------------------------------------------------ internals
+    def _note_truncation(self, truncated: int) -> None:
+        if truncated:
+            self.truncated_count += truncated
+            logger.warning(
+                "%d text(s) exceeded max_length=%d tokens and were truncated",
+                truncated,
+                self.config.max_length,
+            )
+
+    def _progress(self, total: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, disable=not enabled, desc="encode", unit="text")
+
+    @torch.inference_mode()
+    def _run_sorted(self, ids: list[list[int]], batch_size: int, show_progress: bool) -> np.ndarray:
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up early
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        with self._progress(len(ids), show_progress) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                vecs = self.embed(self._collate([ids[i] for i in idx]))
+                out[idx] = vecs.cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+    @torch.inference_mode()
+    def _encode_prefix_cached(
+        self, texts: list[str], prefix: str, batch_size: int, show_progress: bool
+    ) -> np.ndarray:
+        """Run ``prefix`` once, then every text against a copy of its KV cache.
+
+        Token ids are exactly those of the uncached path (``encode_ids`` on ``prefix + text``): the prefix
+        ids must be a leading slice of each text's ids, which the newline-terminated templates guarantee;
+        texts where it does not hold (an exotic tokenizer) fall back to full recomputation.
+        """
+        full, truncated = encode_ids(
+            self.tokenizer,
+            [prefix + t for t in texts],
+            max_length=self.config.max_length,
+            append_eos=True,
+            specials=self.specials,
+        )
+        self._note_truncation(truncated)
+        pre = prefix_ids(self.tokenizer, prefix, specials=self.specials)
+        n_pre = len(pre)
+        if n_pre >= self.config.max_length - 1:
+            raise ValueError(
+                f"The prompt prefix takes {n_pre} tokens, leaving no room for text within "
+                f"max_length={self.config.max_length}; use fewer or shorter examples."
+            )
+        cached = [i for i, ids in enumerate(full) if ids[:n_pre] == pre and len(ids) > n_pre]
+        cached_set = set(cached)
+        rest = [i for i in range(len(full)) if i not in cached_set]
+        out = np.empty((len(full), self.dimension), dtype=np.float32)
+        if rest:
+            logger.debug("%d text(s) do not share the prefix tokens; encoding them in full", len(rest))
+            out[rest] = self._run_sorted([full[i] for i in rest], batch_size, False)
+        if not cached:
+            return out
+        dev = self.device
+        pre_ids = torch.tensor([pre], device=dev)
+        pre_out = self.model(input_ids=pre_ids, use_cache=True)
+        pre_cache = pre_out.cache if self._cache_kw == "cache" else pre_out.past_key_values
+        pre_sum = pre_out.last_hidden_state.sum(1)  # [1, D], for mean pooling
+        order = sorted(cached, key=lambda i: -len(full[i]))
+        with self._progress(len(cached), show_progress) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                suffix = [full[i][n_pre:] for i in idx]
+                ids, mask = pad_batch(suffix, pad_id=self.specials.pad, side="right")
+                ids_t, mask_t = torch.tensor(ids, device=dev), torch.tensor(mask, device=dev)
+                cache = copy.deepcopy(pre_cache)
+                cache.batch_repeat_interleave(len(idx))
+                full_mask = torch.cat(
+                    [torch.ones(len(idx), n_pre, dtype=mask_t.dtype, device=dev), mask_t], 1
+                )
+                pos = n_pre + torch.arange(ids_t.shape[1], device=dev).expand(len(idx), -1)
+                hidden = self.model(
+                    input_ids=ids_t,
+                    attention_mask=full_mask,
+                    position_ids=pos,
+                    use_cache=True,
+                    **{self._cache_kw: cache},
+                ).last_hidden_state  # [B, S, D]
+                if self.config.pooling == "mean":
+                    m = mask_t.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (pre_sum + (hidden * m).sum(1)) / (n_pre + m.sum(1))
+                elif self.config.pooling == "cls":
+                    pooled = pre_out.last_hidden_state[:, 0].expand(len(idx), -1)
+                else:
+                    pooled = self._pool(hidden, mask_t)
+                vecs = torch.nn.functional.normalize(pooled.float(), dim=-1)
+                out[idx] = vecs.cpu().numpy()
+                bar.update(len(idx))
+        return out
+
+    def _encode_mteb(
+        self,
+        inputs: Iterable[Any],
+        task_metadata: Any,
+        prompt_type: Any,
+        *,
+        batch_size: int,
+        dimensions: int | None,
+    ) -> np.ndarray:
+        texts: list[str] = []
+        for batch in inputs:
+            texts.extend(batch["text"])
+        role = "document" if str(getattr(prompt_type, "value", prompt_type)) == "document" else "query"
+        name = task_metadata.name
+        try:
+            task: TaskSpec | None = get_task(name)
+            instruction = None
+        except UnknownTaskError:  # a user's own task: its description serves as the instruction
+            task, instruction = None, getattr(task_metadata, "description", None) or None
+        if role == "query":
+            prefix = self.query_prefix(
+                task, instruction=instruction, examples=self.task_examples.get(name, ())
+            )
+        elif task is None:
+            prefix = ""  # unknown asymmetric task: raw documents
+        else:
+            prefix = self.document_prefix(task, instruction=instruction)
+        return self.encode(
+            texts,
+            prefix=prefix,
+            batch_size=batch_size,
+            dimensions=dimensions,
+            show_progress=len(texts) > 1000,
+        )
+
+
+def _truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Matryoshka truncation: keep the leading ``dimensions`` values and re-normalise."""
+    if dimensions is None or dimensions >= vectors.shape[1]:
+        return vectors
+    if dimensions < 1:
+        raise ValueError(f"dimensions must be positive, got {dimensions}")
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return (cut / np.maximum(norms, 1e-12)).astype(np.float32)
