@@ -1,0 +1,551 @@
+"""Local task folders -> mteb task objects with their data already loaded (no hub access).
+
+Each reader turns one folder of the documented layout (``docs/EVALUATION.md``) into the exact in-memory
+structure the mteb ``AbsTask`` subclass of that type evaluates, then marks the task ``data_loaded`` so
+mteb's own evaluators run on it unchanged:
+
+==================  =========================================  ===============================================
+type                files                                      what the mteb task receives
+==================  =========================================  ===============================================
+STS                 ``test.jsonl`` {sentence1, sentence2,      ``Dataset(sentence1, sentence2, score)``; mteb
+                    score} (optional ``lang``)                 normalises the score with the task's min/max
+PairClassification  ``test.jsonl`` {sentence1, sentence2,      ``Dataset(sentence1, sentence2, labels)``
+                    label}
+Classification      ``train.jsonl`` + ``test.jsonl``           ``DatasetDict(train, test)`` of (text, label)
+                    {text, label}
+Clustering          ``test.jsonl``: one set per line           legacy tasks: the sets; v2 tasks: the task's
+                    {sentences: [...], labels: [...]}          own ``dataset_transform`` (or a flat list)
+Retrieval           ``corpus.jsonl``, ``queries.jsonl``,       ``RetrievalSplitData`` (corpus, queries,
+                    ``qrels/test.tsv``                         relevant_docs, top_ranked=None)
+Reranking           ``test.jsonl`` {query, positive: [...],    ``RetrievalSplitData`` with ``top_ranked`` (the
+                    negative: [...]} or Retrieval + top_ranked  candidates), ids as mteb's old-format loader
+Summarization       ``test.jsonl`` {text, human_summaries,     ``Dataset`` with those columns
+                    machine_summaries, relevance}
+==================  =========================================  ===============================================
+
+A folder that is not an MTEB task is evaluated under the name the user gives it: its type comes from an
+optional ``task.json`` (``{"type": ..., "instruction": ...}``) or from the files present.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anna_embed.io import InputError, iter_jsonl
+from anna_embed.tasks import TASK_TYPES, UnknownTaskError, get_task
+
+logger = logging.getLogger(__name__)
+
+#: Extra files appended to a task's test split, when the MTEB test set is the union of several local files.
+EXTRA_TEST_FILES: dict[str, tuple[str, ...]] = {
+    # MTEB's TwitterURLCorpus "test" is the official test (cased) plus the official train (lowercased).
+    "TwitterURLCorpus": ("train_lowercased.jsonl",),
+}
+
+#: Template tasks whose metadata a user's own folder borrows (name, dataset and prompt replaced).
+_TEMPLATE_TASK = {
+    "Classification": "Banking77Classification",
+    "Clustering": "TwentyNewsgroupsClustering.v2",
+    "PairClassification": "TwitterURLCorpus",
+    "Reranking": "AskUbuntuDupQuestions",
+    "Retrieval": "SciFact",
+    "STS": "STSBenchmark",
+    "Summarization": "SummEvalSummarization.v2",
+}
+
+
+class TaskFolderError(InputError):
+    """A task folder that is missing, incomplete or does not match the task's type."""
+
+
+@dataclass(frozen=True)
+class LocalTask:
+    """An mteb task ready to evaluate, with where its data came from.
+
+    Attributes:
+        task: The mteb ``AbsTask`` (data loaded when ``folder`` is set).
+        name: The name results are saved under (the mteb task name, or the user's own).
+        type: The task type.
+        folder: The local folder the data was read from; ``None`` means mteb loads it from the hub.
+        instruction: The instruction for instructed models (registry, ``task.json`` or a generic one).
+        limit: The ``--limit`` applied (``None``: the full test set).
+    """
+
+    task: Any
+    name: str
+    type: str
+    folder: Path | None
+    instruction: str
+    limit: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def detect_type(folder: Path) -> str | None:
+    """Guess a folder's task type from its files and the first test record; ``None`` when unclear."""
+    if (folder / "corpus.jsonl").is_file() and (folder / "queries.jsonl").is_file():
+        return "Reranking" if any((folder / "top_ranked").glob("*")) else "Retrieval"
+    test = folder / "test.jsonl"
+    if not test.is_file():
+        return None
+    first: dict[str, Any] = next((rec for _, rec in iter_jsonl(test)), {})
+    if "machine_summaries" in first:
+        return "Summarization"
+    if "sentences" in first and isinstance(first.get("sentences"), list):
+        return "Clustering"
+    if "query" in first and "positive" in first:
+        return "Reranking"
+    if "sentence1" in first and "score" in first:
+        return "STS"
+    if "sentence1" in first and "label" in first:
+        return "PairClassification"
+    if "text" in first and "label" in first:
+        return "Classification"
+    return None
+
+
+def _check_type(folder: Path, expected: str) -> None:
+    found = detect_type(folder)
+    if found is None:
+        raise TaskFolderError(folder, None, f"no {expected} data found (layout: docs/EVALUATION.md)")
+    compatible = {expected} | ({"Retrieval"} if expected == "Reranking" else set())
+    if found not in compatible:
+        raise TaskFolderError(
+            folder, None, f"the folder holds {found} data (by its files/fields) but the task is {expected}"
+        )
+
+
+def _records(path: Path, required: tuple[str, ...], limit: int | None = None) -> Iterator[tuple[int, dict]]:
+    for n, (lineno, rec) in enumerate(iter_jsonl(path, required=required)):
+        if limit is not None and n >= limit:
+            return
+        yield lineno, rec
+
+
+def _number(path: Path, lineno: int, rec: dict, field: str) -> float:
+    value = rec[field]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(path, lineno, f"expected a number, got {value!r}", field=field)
+    return float(value)
+
+
+def _string(path: Path, lineno: int, rec: dict, field: str) -> str:
+    value = rec[field]
+    if not isinstance(value, str):
+        raise InputError(path, lineno, f"expected a string, got {type(value).__name__}", field=field)
+    return value
+
+
+def _test_files(folder: Path, name: str, split: str) -> list[Path]:
+    main = folder / f"{split}.jsonl"
+    if not main.is_file():
+        raise TaskFolderError(main, None, "file not found")
+    extra = [folder / f for f in EXTRA_TEST_FILES.get(name, ()) if split == "test"]
+    return [main, *[p for p in extra if p.is_file()]]
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+
+def read_sts(folder: Path, name: str, split: str = "test", limit: int | None = None) -> dict[str, dict]:
+    """``{lang: {"sentence1": [...], "sentence2": [...], "score": [...]}}`` (lang ``default`` when absent)."""
+    out: dict[str, dict[str, list]] = defaultdict(lambda: {"sentence1": [], "sentence2": [], "score": []})
+    for path in _test_files(folder, name, split):
+        for lineno, rec in _records(path, ("sentence1", "sentence2", "score"), limit):
+            cols = out[str(rec.get("lang", "default"))]
+            cols["sentence1"].append(_string(path, lineno, rec, "sentence1"))
+            cols["sentence2"].append(_string(path, lineno, rec, "sentence2"))
+            cols["score"].append(_number(path, lineno, rec, "score"))
+    return dict(out)
+
+
+def read_pairs(folder: Path, name: str, split: str = "test", limit: int | None = None) -> dict[str, list]:
+    """``{"sentence1", "sentence2", "labels"}`` columns; labels must be 0 or 1."""
+    cols: dict[str, list] = {"sentence1": [], "sentence2": [], "labels": []}
+    for path in _test_files(folder, name, split):
+        for lineno, rec in _records(path, ("sentence1", "sentence2", "label"), limit):
+            if rec["label"] not in (0, 1) or isinstance(rec["label"], bool):
+                raise InputError(path, lineno, f"expected 0 or 1, got {rec['label']!r}", field="label")
+            cols["sentence1"].append(_string(path, lineno, rec, "sentence1"))
+            cols["sentence2"].append(_string(path, lineno, rec, "sentence2"))
+            cols["labels"].append(int(rec["label"]))
+    return cols
+
+
+def read_classification(folder: Path, split: str, limit: int | None = None) -> dict[str, dict[str, list]]:
+    """``{lang: {"text": [...], "label": [...]}}`` for one split (string or integer labels, not mixed)."""
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        raise TaskFolderError(path, None, f"file not found (a Classification task needs its {split} split)")
+    out: dict[str, dict[str, list]] = defaultdict(lambda: {"text": [], "label": []})
+    kind: type | None = None
+    for lineno, rec in _records(path, ("text", "label"), limit):
+        label = rec["label"]
+        if isinstance(label, bool) or not isinstance(label, int | str):
+            raise InputError(path, lineno, f"expected a string or integer, got {label!r}", field="label")
+        if kind is not None and type(label) is not kind:
+            raise InputError(path, lineno, "labels mix strings and integers", field="label")
+        kind = type(label)
+        cols = out[str(rec.get("lang", "default"))]
+        cols["text"].append(_string(path, lineno, rec, "text"))
+        cols["label"].append(label)
+    return dict(out)
+
+
+def read_clustering_sets(folder: Path, split: str = "test", limit: int | None = None) -> dict[str, list]:
+    """``{"sentences": [[...], ...], "labels": [[...], ...]}``: one entry per set; ``limit`` caps each set.
+
+    A flat file (one ``{sentence|text, label}`` per line) is read as a single set.
+    """
+    path = folder / f"{split}.jsonl"
+    if not path.is_file():
+        raise TaskFolderError(path, None, "file not found")
+    sets: dict[str, list] = {"sentences": [], "labels": []}
+    flat_s: list[str] = []
+    flat_l: list = []
+    for lineno, rec in iter_jsonl(path):
+        if isinstance(rec.get("sentences"), list):
+            labels = rec.get("labels")
+            if not isinstance(labels, list) or len(labels) != len(rec["sentences"]):
+                raise InputError(path, lineno, "missing or not as long as 'sentences'", field="labels")
+            sets["sentences"].append(rec["sentences"][:limit])
+            sets["labels"].append([str(x) for x in labels][:limit])
+        else:
+            text_field = "sentence" if "sentence" in rec else "text"
+            for field in (text_field, "label"):
+                if field not in rec:
+                    raise InputError(path, lineno, "missing (or use 'sentences' lists)", field=field)
+            flat_s.append(_string(path, lineno, rec, text_field))
+            flat_l.append(str(rec["label"]))
+    if flat_s:
+        sets["sentences"].append(flat_s[:limit])
+        sets["labels"].append(flat_l[:limit])
+    return sets
+
+
+def read_beir(folder: Path, split: str = "test", limit: int | None = None) -> dict[str, Any]:
+    """BEIR folder -> ``{"corpus": cols, "queries": cols, "relevant_docs": {qid: {did: score}}}``.
+
+    Queries without a qrel are dropped (as mteb's hub loader does). ``limit`` keeps the first ``limit``
+    queries and a corpus of their relevant documents plus the first ``20 * limit`` other documents.
+    """
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise TaskFolderError(qrels_path, None, "file not found")
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with qrels_path.open(encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["query-id", "corpus-id", "score"]:
+            raise InputError(qrels_path, 1, "expected the header 'query-id<TAB>corpus-id<TAB>score'")
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) < 3:
+                raise InputError(qrels_path, lineno, f"expected 3 tab-separated columns, got {len(row)}")
+            try:
+                qrels[row[0]][row[1]] = int(float(row[2]))
+            except ValueError:
+                raise InputError(qrels_path, lineno, f"not a number: {row[2]!r}", field="score") from None
+    queries_path = folder / ("queries.jsonl" if split == "test" else f"queries_{split}.jsonl")
+    if not queries_path.is_file() and split != "test":
+        queries_path = folder / "queries.jsonl"
+    queries: dict[str, list] = {"id": [], "text": []}
+    for lineno, rec in iter_jsonl(queries_path, required=("_id", "text")):
+        qid = str(rec["_id"])
+        if qid in qrels and (limit is None or len(queries["id"]) < limit):
+            queries["id"].append(qid)
+            queries["text"].append(_string(queries_path, lineno, rec, "text"))
+    keep_docs = {d for q in queries["id"] for d in qrels[q]} if limit is not None else None
+    corpus: dict[str, list] = {"id": [], "title": [], "text": []}
+    corpus_path = folder / "corpus.jsonl"
+    n_other = 0
+    for lineno, rec in iter_jsonl(corpus_path, required=("_id",)):
+        did = str(rec["_id"])
+        if keep_docs is not None and did not in keep_docs:
+            if n_other >= 20 * (limit or 0):
+                continue
+            n_other += 1
+        if "text" not in rec:
+            raise InputError(corpus_path, lineno, "missing", field="text")
+        corpus["id"].append(did)
+        corpus["title"].append(str(rec.get("title") or ""))
+        corpus["text"].append(_string(corpus_path, lineno, rec, "text"))
+    relevant = {q: dict(qrels[q]) for q in queries["id"]}
+    return {"corpus": corpus, "queries": queries, "relevant_docs": relevant}
+
+
+def read_reranking(folder: Path, split: str = "test", limit: int | None = None) -> dict[str, Any]:
+    """``{query, positive, negative}`` lines -> corpus/queries/relevant_docs/top_ranked, ids as mteb's.
+
+    Mirrors mteb's old-format reranking conversion: query ``{split}_query{i}``, positives first
+    (``apositive_...``) then negatives, lines without a positive or a negative skipped.
+    """
+    if (folder / "corpus.jsonl").is_file():
+        data = read_beir(folder, split, limit)
+        data["top_ranked"] = _read_top_ranked(folder / "top_ranked" / f"{split}.jsonl")
+        return data
+    path = folder / f"{split}.jsonl"
+    corpus: dict[str, list] = {"id": [], "title": [], "text": []}
+    queries: dict[str, list] = {"id": [], "text": []}
+    relevant: dict[str, dict[str, int]] = {}
+    top_ranked: dict[str, list[str]] = {}
+    for lineno, rec in iter_jsonl(path, required=("query",)):
+        if limit is not None and len(queries["id"]) >= limit:
+            break
+        for field in ("positive", "negative"):
+            if not isinstance(rec.get(field), list):
+                raise InputError(path, lineno, "missing or not a list of texts", field=field)
+        if not rec["positive"] or not rec["negative"]:
+            continue  # mteb drops queries without a positive or without a negative
+        qid = f"{split}_query{len(queries['id'])}"  # numbered after skipping, as mteb does
+        queries["id"].append(qid)
+        queries["text"].append(_string(path, lineno, rec, "query"))
+        relevant[qid], top_ranked[qid] = {}, []
+        for prefix, docs, rel in (("apositive", rec["positive"], 1), ("negative", rec["negative"], 0)):
+            for i, text in enumerate(docs):
+                did = f"{prefix}_{qid}_{i:05d}"
+                corpus["id"].append(did)
+                corpus["title"].append("")
+                corpus["text"].append(text)
+                relevant[qid][did] = rel
+                top_ranked[qid].append(did)
+    return {"corpus": corpus, "queries": queries, "relevant_docs": relevant, "top_ranked": top_ranked}
+
+
+def _read_top_ranked(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for lineno, rec in iter_jsonl(path, required=("query-id", "corpus-ids")):
+        if not isinstance(rec["corpus-ids"], list):
+            raise InputError(path, lineno, "expected a list of document ids", field="corpus-ids")
+        out[str(rec["query-id"])] = [str(d) for d in rec["corpus-ids"]]
+    return out
+
+
+def read_summarization(folder: Path, split: str = "test", limit: int | None = None) -> dict[str, list]:
+    """``{"text", "human_summaries", "machine_summaries", "relevance"}`` columns."""
+    path = folder / f"{split}.jsonl"
+    fields = ("text", "human_summaries", "machine_summaries", "relevance")
+    cols: dict[str, list] = {f: [] for f in fields}
+    for lineno, rec in _records(path, fields, limit):
+        if len(rec["relevance"]) != len(rec["machine_summaries"]):
+            raise InputError(path, lineno, "must have one score per machine summary", field="relevance")
+        for f in fields:
+            cols[f].append(rec[f])
+    return cols
+
+
+# ----------------------------------------------------------------------------------------- task objects
+
+
+def _mteb_task(name: str) -> Any | None:
+    import mteb
+
+    try:
+        return mteb.get_task(name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _subset_for(task: Any, name: str, present: list[str]) -> list[str]:
+    """The hf_subsets to evaluate: the registry's choice (e.g. STS17 en-en), else what the data holds."""
+    try:
+        wanted = get_task(name).subset
+    except UnknownTaskError:
+        wanted = None
+    if wanted is not None:
+        return [wanted]
+    return present
+
+
+def custom_task(name: str, type_: str, *, instruction: str | None = None) -> Any:
+    """An mteb task class instance for a user's own folder, with metadata borrowed from a template task."""
+    if type_ not in TASK_TYPES:
+        raise ValueError(f"Unknown task type {type_!r}; expected one of {', '.join(TASK_TYPES)}")
+    import mteb
+
+    template = mteb.get_task(_TEMPLATE_TASK[type_])
+    base = next(c for c in type(template).__mro__ if c.__name__.startswith("AbsTask"))
+    if type_ == "Clustering":  # sets of sentences, no down-sampling: the legacy evaluator
+        from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
+
+        base = AbsTaskClusteringLegacy
+    meta = template.metadata.model_copy(
+        update={
+            "name": name,
+            "description": f"Local task {name} ({type_}).",
+            "dataset": {"path": f"local/{name}", "revision": "local"},
+            "prompt": instruction,
+            "eval_splits": ["test"],
+            "eval_langs": ["eng-Latn"],
+            "superseded_by": None,
+            "adapted_from": None,
+        }
+    )
+    attrs: dict[str, Any] = {"metadata": meta}
+    for attr in ("min_score", "max_score"):
+        if hasattr(template, attr):
+            attrs[attr] = getattr(template, attr)
+    cls = type(f"Local{type_}Task", (base,), attrs)
+    return cls()
+
+
+def load_task(
+    name: str,
+    data_dir: str | Path | None,
+    *,
+    limit: int | None = None,
+    type_: str | None = None,
+) -> LocalTask:
+    """Build the mteb task for ``name``, with its data injected from ``data_dir`` when a folder exists.
+
+    Args:
+        name: An mteb task name (``STS17``, ``SummEvalSummarization.v2``), a local folder name
+            (``SummEval``, ``NFCorpus-preprocessed-analog``) or the name of a user's own folder.
+        data_dir: Root of the task folders (``None``: hub only).
+        limit: Keep only the first ``limit`` test items (smoke runs; scores are not comparable).
+        type_: Task type of a user's own folder (else ``task.json`` or the files decide).
+
+    Raises:
+        TaskFolderError: No folder and no mteb task of that name, a missing file or a type mismatch.
+        InputError: A malformed record (file, line and field named).
+    """
+    try:
+        spec = get_task(name)
+        folder_name, mteb_name, instruction = spec.folder, spec.name, spec.instruction
+    except UnknownTaskError:
+        spec, folder_name, mteb_name, instruction = None, name, name, None
+    task = _mteb_task(mteb_name)
+    if task is None and spec is None and mteb_name != name:
+        task = _mteb_task(name)
+    folder = Path(data_dir) / folder_name if data_dir is not None else None
+    if folder is None or not folder.is_dir():
+        if task is None:
+            where = folder if folder is not None else Path(name)
+            raise TaskFolderError(where, None, f"no such task folder, and {name!r} is not an mteb task")
+        logger.info("No local folder for %s: mteb loads it from the hub.", name)
+        ttype = task.metadata.type
+        return LocalTask(task, task.metadata.name, ttype, None, instruction or _generic(ttype), limit)
+
+    if task is None:
+        info_path = folder / "task.json"
+        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        ttype = type_ or info.get("type") or detect_type(folder)
+        if ttype is None:
+            raise TaskFolderError(folder, None, "cannot tell the task type: add task.json {\"type\": ...}")
+        instruction = info.get("instruction") or _generic(ttype)
+        task = custom_task(name, ttype, instruction=info.get("instruction"))
+    ttype = task.metadata.type
+    if ttype not in TASK_TYPES:
+        raise TaskFolderError(folder, None, f"task type {ttype} is not supported")
+    _check_type(folder, ttype)
+    inject(task, folder, limit=limit)
+    return LocalTask(task, task.metadata.name, ttype, folder, instruction or _generic(ttype), limit)
+
+
+def _generic(ttype: str) -> str:
+    return {
+        "Classification": "Classify the given text.",
+        "Clustering": "Identify the topic or theme of the given text.",
+        "PairClassification": "Find texts that mean the same as the given text.",
+        "Reranking": "Given a query, find the documents that answer it.",
+        "Retrieval": "Given a query, find the documents that answer it.",
+        "STS": "Find sentences with the same meaning.",
+        "Summarization": "Given a summary, find summaries with the same content.",
+    }[ttype]
+
+
+def _resolve_subsets(task: Any, folder: Path, langs: list[str]) -> dict[str, str]:
+    """Map each hf_subset to evaluate to the ``lang`` value of the records that hold it."""
+    name = task.metadata.name
+    if not task.metadata.is_multilingual:
+        if len(langs) != 1:
+            raise TaskFolderError(folder, None, f"{name} has one subset but the records hold {langs}")
+        return {"default": langs[0]}
+    chosen = _subset_for(task, name, langs)
+    if langs == ["default"] and len(chosen) == 1:
+        return {chosen[0]: "default"}  # records carry no ``lang``: they are the one subset evaluated
+    missing = [s for s in chosen if s not in langs]
+    if missing:
+        raise TaskFolderError(folder, None, f"no records for subset(s) {missing} of {name}; found {langs}")
+    return {s: s for s in chosen}
+
+
+def _place(task: Any, folder: Path, per_lang: dict[str, Any], make: Any) -> None:
+    mapping = _resolve_subsets(task, folder, list(per_lang))
+    if task.metadata.is_multilingual:
+        task.dataset = {subset: make(per_lang[lang]) for subset, lang in mapping.items()}
+        task.hf_subsets = list(mapping)
+    else:
+        task.dataset = make(per_lang[mapping["default"]])
+
+
+def inject(task: Any, folder: Path, *, limit: int | None = None) -> None:
+    """Read ``folder`` into ``task.dataset`` in the structure its mteb evaluator expects; mark it loaded."""
+    from datasets import Dataset, DatasetDict
+
+    name, ttype = task.metadata.name, task.metadata.type
+    task.filter_eval_splits(["test"])
+
+    def single_split(cols: dict[str, list]) -> Any:
+        return DatasetDict(test=Dataset.from_dict(cols))
+
+    if ttype == "STS":
+        _place(task, folder, read_sts(folder, name, limit=limit), single_split)
+    elif ttype == "PairClassification":
+        _place(task, folder, {"default": read_pairs(folder, name, limit=limit)}, single_split)
+    elif ttype == "Classification":
+        train_split = getattr(task, "train_split", "train")
+        test = read_classification(folder, "test", limit)
+        train = read_classification(folder, train_split)
+        missing = [lang for lang in test if lang not in train]
+        if missing:
+            raise TaskFolderError(folder / f"{train_split}.jsonl", None, f"no training records for {missing}")
+        both = {lang: (test[lang], train[lang]) for lang in test}
+        _place(task, folder, both, lambda tt: DatasetDict(
+            {"test": Dataset.from_dict(tt[0]), train_split: Dataset.from_dict(tt[1])}))
+    elif ttype == "Clustering":
+        _load_clustering(task, read_clustering_sets(folder, limit=limit))
+    elif ttype in ("Retrieval", "Reranking"):
+        data = read_reranking(folder, limit=limit) if ttype == "Reranking" else read_beir(folder, limit=limit)
+        if not data["queries"]["id"]:
+            raise TaskFolderError(folder, None, "no query has a relevance judgement in qrels/test.tsv")
+        split = {
+            "corpus": Dataset.from_dict(data["corpus"]),
+            "queries": Dataset.from_dict(data["queries"]),
+            "relevant_docs": data["relevant_docs"],
+            "top_ranked": data.get("top_ranked"),
+        }
+        task.dataset = {"default": {"test": split}}
+    elif ttype == "Summarization":
+        task.dataset = single_split(read_summarization(folder, limit=limit))
+    else:  # pragma: no cover - guarded by load_task
+        raise TaskFolderError(folder, None, f"unsupported task type {ttype}")
+    task.data_loaded = True
+
+
+def _load_clustering(task: Any, sets: dict[str, list]) -> None:
+    from datasets import Dataset, DatasetDict
+    from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
+
+    raw = DatasetDict(test=Dataset.from_dict(sets))
+    if isinstance(task, AbsTaskClusteringLegacy):
+        task.dataset = raw
+        return
+    own_transform = any("dataset_transform" in c.__dict__ for c in type(task).__mro__
+                        if not c.__name__.startswith("AbsTask"))
+    if own_transform:  # e.g. TwentyNewsgroupsClustering.v2 flattens the sets itself
+        task.dataset = raw
+        task.dataset_transform()
+        return
+    flat = {
+        "sentences": [s for group in sets["sentences"] for s in group],
+        "labels": [lab for group in sets["labels"] for lab in group],
+    }
+    task.dataset = DatasetDict(test=Dataset.from_dict(flat))

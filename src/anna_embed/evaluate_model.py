@@ -1,0 +1,327 @@
+"""The model mteb sees during ``anna-embed eval``: any backend behind mteb's encoder protocol, plus a cache.
+
+mteb hands :class:`EvalEncoder` a DataLoader, the task metadata and the role (``prompt_type``); the encoder
+builds the exact prompt prefix for that task and role (instruction and few-shot examples, through the
+backend's own prompt functions, which defer to :mod:`anna_embed.prompts`), then looks every
+``(model, prefix, text)`` up in an on-disk :class:`EmbeddingCache` and encodes only the misses. Re-running
+a task, or adding one that shares texts with another (MassiveIntent/MassiveScenario), re-encodes nothing.
+
+Backends: ``embedder`` (:class:`anna_embed.embedder.Embedder`: decoder LLMs, sentence-transformers
+folders, our saved models) and ``sentence-transformers`` (``SentenceTransformer`` itself, for checking).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from mteb.models import ModelMeta
+from mteb.models.abs_encoder import AbsEncoder
+from mteb.models.model_meta import ScoringFunction
+
+from anna_embed import prompts as P
+from anna_embed.evaluate_data import EXTRA_TEST_FILES, LocalTask
+from anna_embed.io import iter_jsonl
+from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["embedder", "sentence-transformers"]
+
+
+class TextBackend(Protocol):
+    """What :class:`EvalEncoder` needs from a model."""
+
+    model_id: str
+    training_datasets: tuple[str, ...]
+
+    def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str: ...
+
+    def document_prefix(self, task: TaskSpec) -> str: ...
+
+    def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray: ...
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """Hash of the names, sizes and modification times of a model folder's files (cache invalidation)."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
+class EmbedderBackend:
+    """Our :class:`~anna_embed.embedder.Embedder` (instructions per its saved config)."""
+
+    def __init__(self, name: str, *, dtype: str = "float32", max_length: int | None = None,
+                 instructions: bool | None = None):
+        from dataclasses import replace
+
+        from anna_embed.embedder import Embedder
+        from anna_embed.models import resolve
+
+        self.emb = Embedder.from_pretrained(name, dtype=dtype, max_length=max_length)
+        if instructions is not None:
+            self.emb.config = replace(self.emb.config, use_instructions=instructions)
+        folder = resolve(name)
+        cfg = json.dumps(self.emb.config.to_dict(), sort_keys=True)
+        self.model_id = f"embedder|{name}|{_folder_fingerprint(folder)}|{dtype}|{cfg}"
+        self.training_datasets = tuple(self.emb.config.training_datasets)
+
+    def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str:
+        return self.emb.query_prefix(task, examples=examples)
+
+    def document_prefix(self, task: TaskSpec) -> str:
+        return self.emb.document_prefix(task)
+
+    def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
+        return self.emb.encode(texts, prefix=prefix, batch_size=batch_size, show_progress=False)
+
+
+class SentenceTransformerBackend:
+    """``SentenceTransformer`` itself; no instructions unless asked (as in published MTEB runs)."""
+
+    def __init__(self, name: str, *, instructions: bool | None = None, max_length: int | None = None):
+        from sentence_transformers import SentenceTransformer
+
+        from anna_embed.models import resolve
+
+        folder = resolve(name)
+        self.model = SentenceTransformer(str(folder))
+        if max_length is not None:
+            self.model.max_seq_length = max_length
+        self.instructions = bool(instructions)
+        self.model_id = f"st|{name}|{_folder_fingerprint(folder)}|{self.model.max_seq_length}"
+        self.training_datasets = ()
+
+    def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str:
+        return P.query_prefix(task, examples=examples) if self.instructions else ""
+
+    def document_prefix(self, task: TaskSpec) -> str:
+        return P.document_prefix(task) if self.instructions else ""
+
+    def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
+        return np.asarray(self.model.encode(texts, prompt=prefix or None, batch_size=batch_size,
+                                            convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+
+
+def load_backend(name: str, backend: Backend = "embedder", *, dtype: str = "float32",
+                 max_length: int | None = None, instructions: bool | None = None) -> TextBackend:
+    """Load ``name`` (short name, folder or hub id) behind the chosen backend."""
+    if backend == "sentence-transformers":
+        return SentenceTransformerBackend(name, instructions=instructions, max_length=max_length)
+    return EmbedderBackend(name, dtype=dtype, max_length=max_length, instructions=instructions)
+
+
+class EmbeddingCache:
+    """Vectors on disk (SQLite), keyed by ``sha256(model_id, prefix, text)``.
+
+    Args:
+        path: The database file (created with its folder).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("CREATE TABLE IF NOT EXISTS vec (key BLOB PRIMARY KEY, dim INTEGER, data BLOB)")
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(model_id: str, prefix: str, text: str) -> bytes:
+        return hashlib.sha256("\x00".join((model_id, prefix, text)).encode("utf-8")).digest()
+
+    def get_many(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT key, data FROM vec WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            found.update({k: np.frombuffer(d, dtype=np.float32) for k, d in rows})
+        return found
+
+    def put_many(self, items: list[tuple[bytes, np.ndarray]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO vec VALUES (?, ?, ?)",
+                [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items],
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class EvalEncoder(AbsEncoder):
+    """mteb ``EncoderProtocol`` over a :class:`TextBackend`, with prompts per task/role and a cache.
+
+    Args:
+        backend: The model.
+        tasks: The tasks of the run by name (their type and instruction).
+        examples: Few-shot ``(query, response)`` pairs per task name.
+        cache: The embedding cache, or ``None``.
+        model_name: Name recorded in the results (``org/name`` form).
+        batch_size: Texts per forward pass.
+        show_progress: One progress bar per encode call.
+    """
+
+    def __init__(self, backend: TextBackend, *, tasks: dict[str, LocalTask],
+                 examples: dict[str, list[P.Example]] | None = None, cache: EmbeddingCache | None = None,
+                 model_name: str = "local/model", batch_size: int = 32, show_progress: bool = True):
+        self.model = backend
+        self.tasks = tasks
+        self.examples = examples or {}
+        self.cache = cache
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        if "/" not in model_name:
+            model_name = f"local/{model_name}"
+        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
+            "name": model_name, "revision": hashlib.sha256(backend.model_id.encode()).hexdigest()[:12],
+            "similarity_fn_name": ScoringFunction.COSINE,
+            "training_datasets": set(backend.training_datasets) or None,
+        })
+
+    def spec(self, task_name: str, task_type: str) -> TaskSpec:
+        """The registry entry, or one built from the local task's own instruction."""
+        try:
+            return get_task(task_name)
+        except UnknownTaskError:
+            local = self.tasks.get(task_name)
+            instruction = local.instruction if local is not None else "Represent the text."
+            return TaskSpec(name=task_name, type=task_type, instruction=instruction)  # type: ignore[arg-type]
+
+    def prefix(self, task_name: str, task_type: str, prompt_type: Any) -> str:
+        """The prompt prefix for a task and mteb ``prompt_type`` (``None``: symmetric, query-side prompt)."""
+        spec = self.spec(task_name, task_type)
+        role = str(getattr(prompt_type, "value", prompt_type))
+        if role == "document":
+            return self.model.document_prefix(spec)
+        return self.model.query_prefix(spec, self.examples.get(task_name, ()))
+
+    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
+               prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
+        texts = [t for batch in inputs for t in batch["text"]]
+        prefix = self.prefix(task_metadata.name, task_metadata.type, prompt_type)
+        return self.encode_texts(texts, prefix, desc=f"{task_metadata.name} ({hf_split})")
+
+    def encode_texts(self, texts: list[str], prefix: str, *, desc: str = "encode") -> np.ndarray:
+        """Embed ``prefix + text`` for each text, through the cache."""
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        mid = self.model.model_id
+        keys = [EmbeddingCache.key(mid, prefix, t) for t in texts]
+        found = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
+        todo: dict[bytes, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in found:
+                todo.setdefault(k, t)
+        if self.cache is not None:
+            self.cache.hits += len(texts) - sum(k in todo for k in keys)
+            self.cache.misses += len(todo)
+        pending = list(todo.items())
+        order = sorted(range(len(pending)), key=lambda i: -len(pending[i][1]))  # similar lengths together
+        chunk = max(self.batch_size * 16, 256)
+        with tqdm(total=len(pending), desc=desc, unit="text", disable=not self.show_progress or not pending,
+                  leave=False) as bar:
+            for start in range(0, len(order), chunk):
+                part = [pending[i] for i in order[start:start + chunk]]
+                vecs = self.model.encode([t for _, t in part], prefix, self.batch_size)
+                new = [(k, np.asarray(v, dtype=np.float32)) for (k, _), v in zip(part, vecs, strict=True)]
+                found.update(new)
+                if self.cache is not None:
+                    self.cache.put_many(new)
+                bar.update(len(part))
+        return np.stack([found[k] for k in keys]).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------- few-shot
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars].rstrip() + " ..."
+
+
+def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
+    """All candidate ``(query, response)`` pairs from a task's training data, and where they came from.
+
+    Per type: Classification (text, label name) from ``train``; STS (sentence1, sentence2) pairs scoring at
+    least 4 of 5 from ``train``/``validation``; PairClassification positive pairs from ``train``/``dev``/
+    ``validation`` (never a file MTEB counts as test); Retrieval (query, title + text of a relevant document)
+    from ``queries_train.jsonl`` + ``qrels/train.tsv``; Reranking (query, first positive) from ``train``.
+    Clustering and Summarization have no training split: the pool is empty (zero-shot, recorded).
+    """
+    folder = local.folder
+    if folder is None:
+        return [], "none (hub task)"
+    t = local.type
+    excluded = set(EXTRA_TEST_FILES.get(local.name, ()))
+    candidates = [f for f in ("train.jsonl", "dev.jsonl", "validation.jsonl") if f not in excluded]
+    for fname in candidates:
+        path = folder / fname
+        if not path.is_file():
+            continue
+        pool: list[P.Example] = []
+        for _, rec in iter_jsonl(path):
+            if t == "Classification" and "text" in rec:
+                pool.append((rec["text"], str(rec.get("label_text", rec.get("label")))))
+            elif (t == "STS" and rec.get("score", 0) >= 4.0) or (
+                t == "PairClassification" and rec.get("label") == 1
+            ):
+                pool.append((rec["sentence1"], rec["sentence2"]))
+            elif t == "Reranking" and rec.get("positive"):
+                pool.append((rec["query"], rec["positive"][0]))
+        if pool:
+            return pool, fname
+    if t == "Retrieval" and (folder / "qrels" / "train.tsv").is_file():
+        from anna_embed.evaluate_data import read_beir
+
+        data = read_beir(folder, "train")
+        docs = {d: f"{ti} {tx}".strip() for d, ti, tx in
+                zip(data["corpus"]["id"], data["corpus"]["title"], data["corpus"]["text"], strict=True)}
+        pool = []
+        for qid, qtext in zip(data["queries"]["id"], data["queries"]["text"], strict=True):
+            rel = sorted(d for d, s in data["relevant_docs"][qid].items() if s > 0 and d in docs)
+            if rel:
+                pool.append((qtext, docs[rel[0]]))
+        return pool, "queries_train.jsonl + qrels/train.tsv"
+    return [], "none (no training split)"
+
+
+def pick_examples(pool: Sequence[P.Example], k: int, *, seed: int, task: str,
+                  max_chars: int = 400) -> list[P.Example]:
+    """``k`` examples drawn without replacement from ``pool`` with a RNG seeded by ``(seed, task)``.
+
+    Each side is clipped to ``max_chars`` characters so the prompt stays within the model's budget.
+    Classification draws are spread over labels first (one per label in a seeded order, then repeats).
+    """
+    if k <= 0 or not pool:
+        return []
+    rng = random.Random(f"{seed}:{task}")
+    idx = list(range(len(pool)))
+    rng.shuffle(idx)
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for i in idx:  # distinct responses first (labels for classification), then anything
+        if pool[i][1] not in seen:
+            chosen.append(i)
+            seen.add(pool[i][1])
+        if len(chosen) == k:
+            break
+    for i in idx:
+        if len(chosen) == k:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return [(_clip(pool[i][0], max_chars), _clip(pool[i][1], max_chars)) for i in chosen]
