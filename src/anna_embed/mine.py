@@ -1,0 +1,825 @@
+"""Hard-negative mining with soft labels: encode -> search -> rescore -> filter.
+
+1. **Candidates.** The retriever teacher embeds the corpus (in shards cached on disk) and the queries;
+   faiss finds the ``top_k`` nearest documents (exact inner product, or HNSW / IVF for big corpora),
+   optionally fused with BM25 by reciprocal-rank fusion.
+2. **Soft labels.** The reranker teacher scores every (query, positive) and (query, candidate) pair
+   (per query shard, cached on disk).
+3. **Adaptive margin filter** (:func:`margin_filter`, a pure function): a candidate is dropped when it is
+   a known positive or when its normalised teacher score exceeds the threshold derived from the query's
+   lowest-scoring positive; ``num_negatives`` are then taken from a rank window (:func:`select_negatives`).
+
+Score normalisation (:func:`normalise_scores`): the margins apply to scores on a ratio scale where 0
+means "irrelevant", so that ``pos * (1 - relative_margin)`` means "within ``relative_margin`` of the
+positive" whatever the sign of the raw score. With ``normalisation="auto"`` logits go through a sigmoid
+(a probability of relevance) and cosines through ``(1 + cos) / 2``; probabilities are kept. For scores
+that stay signed (``"identity"``) the relative threshold is ``pos - relative_margin * |pos|``, which is
+``pos * (1 - relative_margin)`` for a positive score and still lies *below* a negative one.
+
+The output is FlagEmbedding's teacher-score format, one JSON object per query:
+``{query, pos, neg, pos_scores, neg_scores, task, type, instruction}`` (raw teacher scores by default),
+with a manifest, a summary and a score histogram beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from anna_embed.io import InputError, atomic_write, iter_jsonl, write_json
+
+logger = logging.getLogger(__name__)
+
+Normalisation = Literal["auto", "sigmoid", "affine", "identity"]
+ProgressHook = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """Mining settings (build with :func:`anna_embed.config.load`).
+
+    Attributes:
+        retriever: Retriever teacher spec (``bi:NAME`` or NAME: offline short name, folder or hub id).
+        reranker: Reranker teacher spec: ``bi:NAME``, ``cross:NAME`` or ``judge:NAME``.
+        task: Task of records that name none; also the task documents are encoded for.
+        top_k: Candidates per query from stage 1.
+        index: ``flat`` (exact inner product), ``hnsw`` or ``ivf`` (approximate, for ~1M+ documents).
+        hnsw_m: HNSW graph degree.
+        ef_search: HNSW search breadth.
+        ivf_nlist: IVF cells (None: ``4 * sqrt(N)``).
+        ivf_nprobe: IVF cells visited per query.
+        bm25: Fuse BM25 candidates with the dense ones (reciprocal-rank fusion).
+        rrf_k: RRF constant: a document at 1-based rank r in a list adds ``1 / (rrf_k + r)``.
+        relative_margin: Drop candidates scoring above ``pos * (1 - relative_margin)`` (None: off).
+        absolute_margin: Drop candidates scoring above ``pos - absolute_margin`` (None: off).
+        normalisation: How raw teacher scores are mapped before the margins (see module docstring).
+        num_negatives: Negatives kept per query.
+        window_start: First rank (0-based, among the kept candidates) the negatives may come from.
+        window_end: End of the rank window (exclusive; None: no end).
+        sampling: ``top``: the first ``num_negatives`` of the window; ``random``: a seeded sample of it.
+        rank_by: Order of the kept candidates: by ``teacher`` score or by ``retriever`` rank.
+        min_negatives: Queries with fewer kept negatives are left out of the output.
+        include_given_negatives: Add a record's own negatives to its candidates (they are filtered too).
+        shard_size: Corpus documents per cached embedding shard.
+        query_shard_size: Queries per cached rescoring shard.
+        batch_size: Teacher batch size.
+        max_length: Teacher truncation length in tokens (None: the model's).
+        seed: Seed of random sampling; query ``i`` uses ``(seed, i)``.
+        output_scores: Write ``raw`` teacher scores or the ``normalised`` ones.
+    """
+
+    retriever: str = "all-minilm-l6-v2"
+    reranker: str = "bi:all-mpnet-base-v2"
+    task: str | None = None
+    top_k: int = 50
+    index: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = 32
+    ef_search: int = 128
+    ivf_nlist: int | None = None
+    ivf_nprobe: int = 16
+    bm25: bool = False
+    rrf_k: int = 60
+    relative_margin: float | None = 0.05
+    absolute_margin: float | None = None
+    normalisation: Normalisation = "auto"
+    num_negatives: int = 7
+    window_start: int = 0
+    window_end: int | None = None
+    sampling: Literal["top", "random"] = "top"
+    rank_by: Literal["teacher", "retriever"] = "teacher"
+    min_negatives: int = 1
+    include_given_negatives: bool = True
+    shard_size: int = 4096
+    query_shard_size: int = 256
+    batch_size: int = 32
+    max_length: int | None = 256
+    seed: int = 0
+    output_scores: Literal["raw", "normalised"] = "raw"
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def normalise_scores(scores: np.ndarray, kind: str, method: Normalisation = "auto") -> np.ndarray:
+    """Map raw teacher scores to the scale the margins are measured on (NaN stays NaN).
+
+    Args:
+        scores: Raw scores, any shape.
+        kind: The teacher's ``score_kind``: ``"logit"``, ``"cosine"`` or ``"probability"``.
+        method: ``auto`` (logit -> sigmoid, cosine -> ``(1 + s) / 2``, probability -> as is), or force
+            ``sigmoid``, ``affine`` (``(1 + s) / 2``) or ``identity``.
+
+    Example:
+        >>> normalise_scores(np.array([0.0, -2.0]), "logit").round(3).tolist()
+        [0.5, 0.119]
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    if method == "auto":
+        method = {"logit": "sigmoid", "cosine": "affine", "probability": "identity"}[kind]  # type: ignore[assignment]
+    if method == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    if method == "affine":
+        return (1.0 + x) / 2.0
+    if method == "identity":
+        return x
+    raise ValueError(f"unknown normalisation {method!r}")
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """Outcome of :func:`margin_filter`; all masks are ``[Q, C]`` and disjoint.
+
+    Attributes:
+        keep: Valid candidates that survive.
+        dropped_positive: Candidates that are known positives.
+        dropped_margin: Candidates scoring above the query's threshold.
+        threshold: ``[Q]`` score above which a candidate is dropped (``inf`` with no margin set).
+    """
+
+    keep: np.ndarray
+    dropped_positive: np.ndarray
+    dropped_margin: np.ndarray
+    threshold: np.ndarray
+
+
+def margin_filter(
+    pos_scores: np.ndarray,
+    cand_scores: np.ndarray,
+    *,
+    cand_is_positive: np.ndarray | None = None,
+    relative_margin: float | None = 0.05,
+    absolute_margin: float | None = None,
+) -> FilterResult:
+    """Adaptive margin filter (NV-Retriever's TopK-PercPos and TopK-MarginPos) on normalised scores.
+
+    The reference of query ``q`` is its lowest-scoring positive, ``ref = nanmin(pos_scores[q])``. Its
+    threshold is the smaller of ``ref - relative_margin * |ref|`` (= ``ref * (1 - relative_margin)`` for
+    ``ref >= 0``) and ``ref - absolute_margin``; a candidate is dropped when its score *exceeds* it.
+
+    Args:
+        pos_scores: ``[Q, P]`` positive scores, NaN-padded (queries may have different numbers of
+            positives); every row needs at least one finite score.
+        cand_scores: ``[Q, C]`` candidate scores, NaN-padded.
+        cand_is_positive: ``[Q, C]`` True where the candidate is one of the query's positives.
+        relative_margin: In ``[0, 1)``; 0.05 is NV-Retriever's "95% of the positive". None disables it.
+        absolute_margin: Non-negative score margin. None disables it.
+
+    Example:
+        >>> r = margin_filter(np.array([[0.8, 0.6]]), np.array([[0.9, 0.58, 0.5]]))
+        >>> r.threshold.round(3).tolist(), r.keep.tolist()
+        ([0.57], [[False, False, True]])
+    """
+    pos = np.asarray(pos_scores, dtype=np.float64)  # [Q, P]
+    cand = np.asarray(cand_scores, dtype=np.float64)  # [Q, C]
+    if pos.ndim != 2 or cand.ndim != 2 or pos.shape[0] != cand.shape[0]:
+        raise ValueError(f"expected [Q, P] and [Q, C] scores, got {pos.shape} and {cand.shape}")
+    if relative_margin is not None and not 0.0 <= relative_margin < 1.0:
+        raise ValueError(f"relative_margin must be in [0, 1), got {relative_margin}")
+    if absolute_margin is not None and absolute_margin < 0:
+        raise ValueError(f"absolute_margin must be >= 0, got {absolute_margin}")
+    has_pos = np.isfinite(pos).any(axis=1)
+    if not has_pos.all():
+        raise ValueError(f"queries {np.flatnonzero(~has_pos).tolist()[:10]} have no positive score")
+    ref = np.nanmin(np.where(np.isfinite(pos), pos, np.nan), axis=1)  # [Q]
+    threshold = np.full(ref.shape, np.inf)
+    if relative_margin is not None:
+        threshold = np.minimum(threshold, ref - relative_margin * np.abs(ref))
+    if absolute_margin is not None:
+        threshold = np.minimum(threshold, ref - absolute_margin)
+    valid = np.isfinite(cand)
+    is_pos = np.zeros_like(valid) if cand_is_positive is None else np.asarray(cand_is_positive, bool) & valid
+    with np.errstate(invalid="ignore"):
+        over = valid & ~is_pos & (cand > threshold[:, None])
+    return FilterResult(
+        keep=valid & ~is_pos & ~over, dropped_positive=is_pos, dropped_margin=over, threshold=threshold
+    )
+
+
+def select_negatives(
+    keep: np.ndarray,
+    rank_scores: np.ndarray,
+    *,
+    num_negatives: int,
+    window: tuple[int, int | None] = (0, None),
+    sampling: Literal["top", "random"] = "top",
+    seed: int = 0,
+    query_ids: Sequence[int] | None = None,
+) -> list[np.ndarray]:
+    """Pick each query's negatives among its kept candidates.
+
+    The kept candidates of a query are ordered by ``rank_scores`` (higher first; ties by column), the
+    window ``[start, end)`` is cut from that order, and ``top`` takes its first ``num_negatives`` while
+    ``random`` draws ``num_negatives`` without replacement with ``np.random.default_rng((seed, id))``,
+    ``id`` being the query's id (its row by default), and returns them in rank order.
+
+    Returns:
+        One array of candidate columns per query (shorter than ``num_negatives`` when too few survive).
+    """
+    keep = np.asarray(keep, bool)  # [Q, C]
+    start, end = window
+    ids = range(keep.shape[0]) if query_ids is None else query_ids
+    out = []
+    for row, qid in enumerate(ids):
+        cols = np.flatnonzero(keep[row])
+        order = cols[np.argsort(-np.asarray(rank_scores[row, cols], np.float64), kind="stable")]
+        pool = order[start:end]
+        if sampling == "top" or len(pool) <= num_negatives:
+            out.append(pool[:num_negatives])
+        elif sampling == "random":
+            rng = np.random.default_rng((seed, int(qid)))
+            picked = np.sort(rng.choice(len(pool), size=num_negatives, replace=False))
+            out.append(pool[picked])
+        else:
+            raise ValueError(f"unknown sampling {sampling!r}")
+    return out
+
+
+def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], *, k: int = 60, top: int) -> np.ndarray:
+    """Fuse ranked id lists: a document at 1-based rank ``r`` of a list adds ``1 / (k + r)``.
+
+    Args:
+        rankings: ``[Q, K_i]`` arrays of document ids, best first, ``-1`` for padding.
+        k: The RRF constant (60, as Cormack et al. 2009).
+        top: Length of the fused lists.
+
+    Returns:
+        ``[Q, top]`` fused ids, ``-1``-padded; ties go to the document met first (earlier list, rank).
+    """
+    n_queries = rankings[0].shape[0]
+    out = np.full((n_queries, top), -1, dtype=np.int64)
+    for q in range(n_queries):
+        score: dict[int, float] = {}
+        for ranking in rankings:
+            for r, doc in enumerate(ranking[q]):
+                if doc >= 0:
+                    score[int(doc)] = score.get(int(doc), 0.0) + 1.0 / (k + r + 1)
+        best = sorted(score, key=lambda d: -score[d])[:top]  # sorted() is stable: first-met wins ties
+        out[q, : len(best)] = best
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class MiningQuery:
+    """One query with all its positives (records with the same query, task and instruction merged)."""
+
+    text: str
+    positives: list[str]
+    negatives: list[str] = field(default_factory=list)
+    task: str | None = None
+    instruction: str | None = None
+    lines: list[int] = field(default_factory=list)
+
+
+def _str_list(value: Any, path: Path, line: int, name: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise InputError(path, line, "expected a non-empty string or a list of non-empty strings", field=name)
+    return items
+
+
+def load_training(path: str | Path, *, default_task: str | None = None) -> list[MiningQuery]:
+    """Read training records ``{query, positive, negative?, task?, instruction?}`` and merge duplicates.
+
+    Records sharing (query, task, instruction) become one query whose positives are the union, so the
+    other positives of a query are never mined as its negatives.
+
+    Raises:
+        InputError: A malformed record, naming file, line and field.
+    """
+    p = Path(path)
+    merged: dict[tuple[str, str | None, str | None], MiningQuery] = {}
+    for line, rec in iter_jsonl(p, required=("query", "positive")):
+        query = rec["query"]
+        if not isinstance(query, str) or not query.strip():
+            raise InputError(p, line, "expected a non-empty string", field="query")
+        positives = _str_list(rec["positive"], p, line, "positive")
+        negatives = _str_list(rec["negative"], p, line, "negative") if rec.get("negative") else []
+        task, instruction = rec.get("task", default_task), rec.get("instruction")
+        for name, value in (("task", task), ("instruction", instruction)):
+            if value is not None and not isinstance(value, str):
+                raise InputError(p, line, "expected a string", field=name)
+        key = (query, task, instruction)
+        item = merged.setdefault(key, MiningQuery(query, [], [], task, instruction))
+        item.positives += [x for x in positives if x not in item.positives]
+        item.negatives += [x for x in negatives if x not in item.negatives]
+        item.lines.append(line)
+    if not merged:
+        raise InputError(p, None, "no training records")
+    return list(merged.values())
+
+
+def load_corpus(path: str | Path) -> list[str]:
+    """Documents of a corpus JSONL: BEIR ``{_id, title, text}`` or ``{text}``; duplicates removed."""
+    from anna_embed.convert import document_text
+
+    p = Path(path)
+    seen: dict[str, None] = {}
+    for line, rec in iter_jsonl(p, required=("text",)):
+        if not isinstance(rec["text"], str):
+            raise InputError(p, line, "expected a string", field="text")
+        seen.setdefault(document_text(rec), None)
+    return list(seen)
+
+
+def _sha(parts: Sequence[str] | str) -> str:
+    h = hashlib.sha256()
+    for part in [parts] if isinstance(parts, str) else parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- stage 1: candidates
+
+
+def encode_corpus_cached(
+    encode: Callable[[list[str]], np.ndarray],
+    texts: Sequence[str],
+    folder: Path,
+    *,
+    shard_size: int,
+    on_progress: ProgressHook | None = None,
+) -> np.ndarray:
+    """Embed ``texts`` shard by shard, each shard saved atomically as ``shard_NNNNN.npy`` in ``folder``.
+
+    Shards already on disk are loaded, not recomputed; ``folder`` should be keyed by everything that
+    changes the vectors (teacher, corpus hash, shard size).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, math.ceil(len(texts) / shard_size))
+    parts = []
+    for i in range(n_shards):
+        chunk = list(texts[i * shard_size : (i + 1) * shard_size])
+        target = folder / f"shard_{i:05d}.npy"
+        arr = np.load(target) if target.is_file() else None
+        if arr is None or arr.shape[0] != len(chunk):
+            arr = np.ascontiguousarray(encode(chunk), dtype=np.float32)
+            with atomic_write(target, "wb") as fh:
+                np.save(fh, arr)
+        parts.append(arr)
+        if on_progress is not None:
+            on_progress("corpus", i)
+    return np.concatenate(parts)
+
+
+def build_index(d_emb: np.ndarray, cfg: MineConfig) -> Any:
+    """A faiss inner-product index over ``d_emb`` (``[N, D]`` float32): flat, HNSW or IVF."""
+    import faiss
+
+    n, dim = d_emb.shape
+    if cfg.index == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif cfg.index == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = cfg.ef_search
+    elif cfg.index == "ivf":
+        nlist = cfg.ivf_nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng((cfg.seed, n))
+        sample = d_emb[np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))]
+        index.train(sample)
+        index.nprobe = cfg.ivf_nprobe
+    else:
+        raise ValueError(f"unknown index {cfg.index!r}")
+    index.add(d_emb)
+    return index
+
+
+def bm25_candidates(queries: Sequence[str], documents: Sequence[str], k: int) -> np.ndarray:
+    """``[Q, k]`` document ids by BM25 (bm25s, Lucene variant, English stop words), ``-1``-padded."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False)
+    q_tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+    k = min(k, len(documents))
+    ids, scores = retriever.retrieve(q_tokens, k=k, show_progress=False)
+    return np.where(scores > 0, ids, -1).astype(np.int64)
+
+
+def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarray:
+    """Query embeddings, encoded per (task, instruction) group so each group gets its instruction."""
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault((q.task, q.instruction), []).append(i)
+    out: np.ndarray | None = None
+    for (task, instruction), rows in groups.items():
+        vecs = retriever.encode_queries([queries[i].text for i in rows], task=task, instruction=instruction)
+        if out is None:
+            out = np.zeros((len(queries), vecs.shape[1]), np.float32)
+        out[rows] = vecs
+    if out is None:
+        raise ValueError("no queries to encode")
+    return out
+
+
+# ----------------------------------------------------------------------------- stage 2: soft labels
+
+
+def _rescore_shard(
+    reranker: Any, queries: Sequence[MiningQuery], cands: Sequence[list[int]], docs: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ``(pos_scores, cand_scores)`` of a query shard, in query order then column order."""
+    pairs: list[tuple[int, str, bool]] = []  # (query row, document, is positive slot)
+    for row, (q, cand) in enumerate(zip(queries, cands, strict=True)):
+        pairs += [(row, p, True) for p in q.positives] + [(row, docs[c], False) for c in cand]
+    scores = np.zeros(len(pairs), np.float32)
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, (row, _, _) in enumerate(pairs):
+        groups.setdefault((queries[row].task, queries[row].instruction), []).append(i)
+    for (task, instruction), idx in groups.items():
+        scores[idx] = reranker.score(
+            [queries[pairs[i][0]].text for i in idx],
+            [pairs[i][1] for i in idx],
+            task=task,
+            instruction=instruction,
+        )
+    is_pos = np.array([p[2] for p in pairs], bool)
+    return scores[is_pos], scores[~is_pos]
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _pad(rows: Sequence[Sequence[float]], fill: float = np.nan) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), max(width, 1)), fill)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def run(
+    cfg: MineConfig,
+    train: str | Path,
+    out: str | Path,
+    *,
+    corpus: str | Path | None = None,
+    retriever: Any = None,
+    reranker: Any = None,
+    cache_dir: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    on_progress: ProgressHook | None = None,
+) -> dict[str, Any]:
+    """Mine ``train`` into ``out`` (written atomically); returns the run manifest.
+
+    Teachers default to ``cfg.retriever`` / ``cfg.reranker``; tests pass objects. Corpus embeddings and
+    rescoring results are cached under ``cache_dir`` (default ``OUT.cache``), so a killed run resumes
+    where it stopped and writes the same bytes. ``on_progress(stage, shard)`` is called after each shard.
+    """
+    from anna_embed import __version__, teachers
+    from anna_embed.config import to_dict
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    cache = Path(cache_dir) if cache_dir else Path(f"{out}.cache")
+    queries = load_training(train, default_task=cfg.task)
+    if corpus is not None:
+        docs = load_corpus(corpus)
+    else:
+        docs = list(dict.fromkeys(t for q in queries for t in q.positives + q.negatives))
+    n_corpus = len(docs)
+    doc_index = {t: i for i, t in enumerate(docs)}
+    for q in queries if cfg.include_given_negatives else []:
+        for neg in q.negatives:
+            if neg not in doc_index:
+                doc_index[neg] = len(docs)
+                docs.append(neg)
+    retriever = retriever or teachers.load_retriever(
+        cfg.retriever, batch_size=cfg.batch_size, max_length=cfg.max_length
+    )
+    reranker = reranker or teachers.load_reranker(
+        cfg.reranker, batch_size=cfg.batch_size, max_length=cfg.max_length
+    )
+    timings: dict[str, float] = {}
+
+    # Stage 1: candidates.
+    t = time.perf_counter()
+    corpus_key = _sha([retriever.name, str(cfg.task), str(cfg.shard_size), _sha(docs[:n_corpus])])[:16]
+    d_emb = encode_corpus_cached(
+        lambda x: retriever.encode_documents(x, task=cfg.task),
+        docs[:n_corpus],
+        cache / f"corpus-{corpus_key}",
+        shard_size=cfg.shard_size,
+        on_progress=on_progress,
+    )
+    timings["encode_corpus_s"] = time.perf_counter() - t
+    query_hash = _sha([f"{q.text}\0{q.task}\0{q.instruction}" for q in queries])
+    search_key = _sha(
+        [
+            corpus_key,
+            query_hash,
+            json.dumps(
+                [
+                    cfg.top_k,
+                    cfg.index,
+                    cfg.hnsw_m,
+                    cfg.ef_search,
+                    cfg.ivf_nlist,
+                    cfg.ivf_nprobe,
+                    cfg.bm25,
+                    cfg.rrf_k,
+                    cfg.seed,
+                ]
+            ),
+        ]
+    )[:16]
+    cand_file = cache / f"candidates-{search_key}.npy"
+    t = time.perf_counter()
+    if cand_file.is_file():
+        ranked = np.load(cand_file)
+    else:
+        max_pos = max(sum(p in doc_index and doc_index[p] < n_corpus for p in q.positives) for q in queries)
+        k = min(cfg.top_k + max_pos, n_corpus)
+        _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
+        if cfg.bm25:
+            lexical = bm25_candidates([q.text for q in queries], docs[:n_corpus], k)
+            ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
+        with atomic_write(cand_file, "wb") as fh:
+            np.save(fh, ranked.astype(np.int64))
+    timings["search_s"] = time.perf_counter() - t
+    cands: list[list[int]] = []
+    for q, row in zip(queries, ranked, strict=True):
+        ids = [int(i) for i in row if i >= 0]
+        if cfg.include_given_negatives:
+            ids += [doc_index[n] for n in q.negatives if doc_index[n] not in ids]
+        cands.append(ids)
+
+    # Stage 2: soft labels, per query shard.
+    t = time.perf_counter()
+    rerank_key = _sha(
+        [
+            reranker.name,
+            search_key,
+            _sha(docs[n_corpus:]),
+            str(cfg.query_shard_size),
+            str(cfg.include_given_negatives),
+        ]
+    )[:16]
+    pos_raw: list[np.ndarray] = []
+    cand_raw: list[np.ndarray] = []
+    size = cfg.query_shard_size
+    for i in range(math.ceil(len(queries) / size)):
+        shard_q, shard_c = queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size]
+        target = cache / f"rerank-{rerank_key}" / f"shard_{i:05d}.npz"
+        n_pos, n_cand = sum(len(q.positives) for q in shard_q), sum(len(c) for c in shard_c)
+        saved = np.load(target) if target.is_file() else None
+        if saved is not None and saved["pos"].shape == (n_pos,) and saved["cand"].shape == (n_cand,):
+            pos_flat, cand_flat = saved["pos"], saved["cand"]
+        else:
+            pos_flat, cand_flat = _rescore_shard(reranker, shard_q, shard_c, docs)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(target, "wb") as fh:
+                np.savez(fh, pos=pos_flat, cand=cand_flat)
+        pos_raw += np.split(pos_flat, np.cumsum([len(q.positives) for q in shard_q])[:-1])
+        cand_raw += np.split(cand_flat, np.cumsum([len(c) for c in shard_c])[:-1])
+        if on_progress is not None:
+            on_progress("rerank", i)
+    timings["rescore_s"] = time.perf_counter() - t
+
+    # Stage 3: adaptive margin filter and selection.
+    pos_norm = normalise_scores(_pad(pos_raw), reranker.score_kind, cfg.normalisation)  # [Q, P]
+    cand_norm = normalise_scores(_pad(cand_raw), reranker.score_kind, cfg.normalisation)  # [Q, C]
+    is_pos = np.zeros(cand_norm.shape, bool)
+    for row, (q, ids) in enumerate(zip(queries, cands, strict=True)):
+        positives = set(q.positives)
+        is_pos[row, : len(ids)] = [docs[c] in positives for c in ids]
+    result = margin_filter(
+        pos_norm,
+        cand_norm,
+        cand_is_positive=is_pos,
+        relative_margin=cfg.relative_margin,
+        absolute_margin=cfg.absolute_margin,
+    )
+    rank_scores = (
+        cand_norm
+        if cfg.rank_by == "teacher"
+        else np.broadcast_to(-np.arange(cand_norm.shape[1]), cand_norm.shape)
+    )
+    picks = select_negatives(
+        result.keep,
+        rank_scores,
+        num_negatives=cfg.num_negatives,
+        window=(cfg.window_start, cfg.window_end),
+        sampling=cfg.sampling,
+        seed=cfg.seed,
+    )
+    records = []
+    for row, (q, ids, cols) in enumerate(zip(queries, cands, picks, strict=True)):
+        if len(cols) < cfg.min_negatives:
+            continue
+        shown_pos, shown_neg = (
+            (pos_raw[row], cand_raw[row]) if cfg.output_scores == "raw" else (pos_norm[row], cand_norm[row])
+        )
+        records.append(
+            _record(
+                q, [docs[ids[c]] for c in cols], shown_pos[: len(q.positives)], [shown_neg[c] for c in cols]
+            )
+        )
+    with atomic_write(out) as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    timings["total_s"] = time.perf_counter() - t0
+
+    stats = _stats(queries, cands, is_pos, ranked, result, picks, records, cfg)
+    manifest = {
+        "command": "mine",
+        "train": str(train),
+        "corpus": None if corpus is None else str(corpus),
+        "out": str(out),
+        "teachers": {
+            "retriever": retriever.name,
+            "reranker": reranker.name,
+            "reranker_score_kind": reranker.score_kind,
+        },
+        "config": to_dict(cfg),
+        "counts": stats,
+        "anna_embed_version": __version__,
+        "output_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "timings": timings,
+    }
+    manifest["summary"] = _summary(manifest, n_corpus, len(docs) - n_corpus)
+    for line in manifest["summary"]:
+        logger.info("%s", line)
+    reports = Path(report_dir) if report_dir else out.parent
+    stem = out.name.removesuffix(".jsonl")
+    write_json(reports / f"{stem}.manifest.json", manifest)
+    with atomic_write(reports / f"{stem}.summary.txt") as fh:
+        fh.write("\n".join(manifest["summary"]) + "\n")
+    _histogram(pos_norm, cand_norm, result, picks, reports / f"{stem}.scores.png", manifest)
+    return manifest
+
+
+def _record(
+    q: MiningQuery, negs: list[str], pos_scores: Sequence[float], neg_scores: Sequence[float]
+) -> dict[str, Any]:
+    from anna_embed.tasks import UnknownTaskError, get_task
+
+    spec = None
+    if q.task is not None:
+        try:
+            spec = get_task(q.task)
+        except UnknownTaskError:
+            spec = None
+    return {
+        "query": q.text,
+        "pos": q.positives,
+        "neg": negs,
+        "pos_scores": [round(float(s), 6) for s in pos_scores],
+        "neg_scores": [round(float(s), 6) for s in neg_scores],
+        "task": q.task,
+        "type": None if spec is None else spec.type,
+        "instruction": q.instruction if q.instruction is not None or spec is None else spec.instruction,
+    }
+
+
+def _stats(queries, cands, is_pos, ranked, result, picks, records, cfg) -> dict[str, Any]:
+    n_sel = np.array([len(p) for p in picks])
+    retrieved_pos = [bool(is_pos[r, : int((ranked[r] >= 0).sum())].any()) for r in range(len(queries))]
+    return {
+        "records_merged_into_queries": sum(len(q.lines) for q in queries),
+        "queries": len(queries),
+        "positives": sum(len(q.positives) for q in queries),
+        "candidates": sum(len(c) for c in cands),
+        "queries_positive_retrieved": int(sum(retrieved_pos)),
+        "dropped_known_positive": int(result.dropped_positive.sum()),
+        "dropped_margin": int(result.dropped_margin.sum()),
+        "kept_candidates": int(result.keep.sum()),
+        "negatives_selected": int(n_sel.sum()),
+        "queries_short": int((n_sel < cfg.num_negatives).sum()),
+        "queries_without_negatives": int((n_sel == 0).sum()),
+        "queries_left_out": len(queries) - len(records),
+        "records_written": len(records),
+    }
+
+
+def _summary(manifest: dict[str, Any], n_corpus: int, n_extra: int) -> list[str]:
+    c, cfg, te = manifest["counts"], manifest["config"], manifest["teachers"]
+    q = max(c["queries"], 1)
+    margins = f"relative {cfg['relative_margin']}, absolute {cfg['absolute_margin']}"
+    return [
+        f"candidates: {c['queries']} queries (from {c['records_merged_into_queries']} records), corpus "
+        f"{n_corpus} documents (+{n_extra} given negatives outside it), retriever {te['retriever']}, "
+        f"index {cfg['index']}, bm25 {'on' if cfg['bm25'] else 'off'}: {c['candidates']} candidates "
+        f"({c['candidates'] / q:.1f}/query); a positive retrieved for "
+        f"{c['queries_positive_retrieved']} queries ({c['queries_positive_retrieved'] / q:.1%})",
+        f"rescoring: {c['positives'] + c['candidates']} pairs scored by {te['reranker']} "
+        f"({te['reranker_score_kind']}, normalisation {cfg['normalisation']}) in "
+        f"{manifest['timings']['rescore_s']:.1f}s",
+        f"filter ({margins}): {c['candidates']} candidates -> {c['dropped_known_positive']} known positives, "
+        f"{c['dropped_margin']} above the margin ({c['dropped_margin'] / max(c['candidates'], 1):.1%}), "
+        f"{c['kept_candidates']} kept; {c['negatives_selected']} negatives selected "
+        f"({cfg['sampling']} of window [{cfg['window_start']}, {cfg['window_end']}) by {cfg['rank_by']}); "
+        f"{c['queries_short']} queries short of {cfg['num_negatives']} negatives "
+        f"({c['queries_without_negatives']} with none); {c['records_written']} records written",
+    ]
+
+
+def _histogram(
+    pos: np.ndarray,
+    cand: np.ndarray,
+    result: FilterResult,
+    picks: list[np.ndarray],
+    path: Path,
+    manifest: dict[str, Any],
+) -> None:
+    """PNG histogram of normalised teacher scores: positives, selected negatives, dropped by margin."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    selected = np.concatenate([cand[r, cols] for r, cols in enumerate(picks)] or [np.zeros(0)])
+    series = [
+        ("positives", pos[np.isfinite(pos)]),
+        ("kept negatives (selected)", selected),
+        ("dropped by margin", cand[result.dropped_margin]),
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    finite = np.concatenate([s for _, s in series])
+    bins = np.linspace(float(finite.min(initial=0.0)), float(finite.max(initial=1.0)), 51)
+    for label, values in series:
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{label} (n={len(values)})")
+    te = manifest["teachers"]
+    ax.set_xlabel(f"normalised teacher score ({te['reranker']}, {manifest['config']['normalisation']})")
+    ax.set_ylabel("count")
+    ax.set_title(f"mined {Path(manifest['train']).name}: retriever {te['retriever']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- CLI
+
+#: Flags that are shortcuts for ``--set field=value``.
+_FLAGS = {
+    "retriever": str,
+    "reranker": str,
+    "task": str,
+    "top_k": int,
+    "index": str,
+    "relative_margin": str,
+    "absolute_margin": str,
+    "num_negatives": int,
+    "sampling": str,
+    "seed": int,
+    "batch_size": int,
+    "max_length": str,
+    "shard_size": int,
+}
+
+
+def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """Register ``anna-embed mine``."""
+    parser.description = "Mine hard negatives with soft labels: encode -> search -> rescore -> filter."
+    parser.add_argument("--train", required=True, help="training JSONL {query, positive, negative?, task?}")
+    parser.add_argument("--corpus", help="corpus JSONL ({_id, title, text} or {text}); default: positives")
+    parser.add_argument("--out", required=True, help="mined JSONL (FlagEmbedding teacher-score format)")
+    parser.add_argument("--config", help="TOML/JSON file with MineConfig fields")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
+    parser.add_argument("--bm25", action="store_true", help="fuse BM25 candidates (reciprocal-rank fusion)")
+    parser.add_argument("--cache-dir", help="shard cache (default OUT.cache); reruns resume from it")
+    parser.add_argument("--report-dir", help="where manifest, summary and histogram go (default: beside OUT)")
+    for name, tp in _FLAGS.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=tp, default=None, help=f"MineConfig.{name}")
+
+    def main(args: argparse.Namespace) -> int:
+        from anna_embed.config import load
+
+        overrides = list(args.set)
+        overrides += [f"{n}={getattr(args, n)}" for n in _FLAGS if getattr(args, n) is not None]
+        if args.bm25:
+            overrides.append("bm25=true")
+        cfg = load(MineConfig, args.config, overrides)
+        manifest = run(
+            cfg,
+            args.train,
+            args.out,
+            corpus=args.corpus,
+            cache_dir=args.cache_dir,
+            report_dir=args.report_dir,
+        )
+        for line in manifest["summary"]:
+            print(line)
+        return 0
+
+    return main
