@@ -258,7 +258,7 @@ def run_eval(
     *,
     data_dir: str | Path | None,
     output: str | Path,
-    backend: str = "embedder",
+    backend: Any = "embedder",
     shots: int = 0,
     seed: int = 42,
     limit: int | None = None,
@@ -271,6 +271,9 @@ def run_eval(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` with mteb's evaluators; write results into ``output``.
+
+    ``backend`` is ``"embedder"``, ``"sentence-transformers"`` or an already-built
+    :class:`~anna_embed.evaluate_model.TextBackend` (then ``model`` is only the name recorded).
 
     Returns:
         ``run.json``'s content: settings, per-task main scores, wall times, shots used, aggregates.
@@ -293,8 +296,8 @@ def run_eval(
     for name in tasks:  # read every folder first: a bad file fails before any encoding
         lt = load_task(name, data_dir, limit=limit, type_=task_type_override)
         local[lt.name] = lt
-    be = load_backend(model, backend,  # type: ignore[arg-type]
-                      dtype=dtype, max_length=max_length, instructions=instructions)
+    be = backend if not isinstance(backend, str) else load_backend(
+        model, backend, dtype=dtype, max_length=max_length, instructions=instructions)  # type: ignore[arg-type]
     examples, sources = {}, {}
     for name, lt in local.items():
         pool, source = example_pool(lt) if shots > 0 else ([], "")
@@ -326,7 +329,8 @@ def run_eval(
     notes = {n: f"--limit {limit}" for n in local} if limit is not None else {}
     agg = write_summary(out, model, scores, types, notes=notes, limit=limit)
     run = {
-        "model": model, "backend": backend, "model_id": be.model_id, "tasks": list(local), "types": types,
+        "model": model, "backend": backend if isinstance(backend, str) else type(backend).__name__,
+        "model_id": be.model_id, "tasks": list(local), "types": types,
         "data": {n: str(lt.folder) if lt.folder else "hub" for n, lt in local.items()},
         "shots": shots, "shot_sources": sources if shots else {}, "seed": seed, "limit": limit,
         "comparable": limit is None, "batch_size": batch_size, "dtype": dtype, "scores": scores,

@@ -77,6 +77,14 @@ class EmbedderBackend:
         self.model_id = f"embedder|{name}|{_folder_fingerprint(folder)}|{dtype}|{cfg}"
         self.training_datasets = tuple(self.emb.config.training_datasets)
 
+    @classmethod
+    def wrap(cls, emb: Any, model_id: str) -> EmbedderBackend:
+        """An already-built Embedder (tests, training loops) under an explicit cache id."""
+        self = cls.__new__(cls)
+        self.emb, self.model_id = emb, model_id
+        self.training_datasets = tuple(emb.config.training_datasets)
+        return self
+
     def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str:
         return self.emb.query_prefix(task, examples=examples)
 
