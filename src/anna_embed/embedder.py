@@ -302,6 +302,8 @@ class Embedder:
             return np.zeros((0, dimensions or self.dimension), dtype=np.float32)
         if show_progress is None:
             show_progress = len(texts) > 1000
+        if prefix:
+            self._checked_prefix_ids(prefix)
         use_cache = prefix_cache and bool(prefix) and self.config.kind == "decoder"
         if use_cache:
             vectors = self._encode_prefix_cached(texts, prefix, batch_size, show_progress)
@@ -342,6 +344,25 @@ class Embedder:
         """Embed documents: raw for asymmetric tasks, instructed for symmetric ones."""
         return self.encode(texts, prefix=self.document_prefix(task, instruction=instruction), **kwargs)
 
+    @property
+    def mteb_model_meta(self) -> Any:
+        """mteb's ``ModelMeta`` for this model (name, embedding size, instruction use, training data)."""
+        from mteb.models import ModelMeta
+        from mteb.models.model_meta import ScoringFunction
+
+        name = self.name if "/" in self.name else f"local/{self.name}"
+        return ModelMeta.create_empty(
+            overwrites={
+                "name": name,
+                "revision": "local",
+                "embed_dim": self.dimension,
+                "max_tokens": self.config.max_length,
+                "similarity_fn_name": ScoringFunction.COSINE,
+                "use_instructions": self.config.use_instructions,
+                "training_datasets": set(self.config.training_datasets) or None,
+            }
+        )
+
     def similarity(self, a: Any, b: Any) -> torch.Tensor:
         """Cosine similarity matrix (mteb protocol)."""
         a_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(a), dtype=torch.float32), dim=-1)
@@ -363,6 +384,16 @@ class Embedder:
                 truncated,
                 self.config.max_length,
             )
+
+    def _checked_prefix_ids(self, prefix: str) -> list[int]:
+        """Token ids of ``prefix``; an error when it leaves no room for text within ``max_length``."""
+        pre = prefix_ids(self.tokenizer, prefix, specials=self.specials)
+        if len(pre) >= self.config.max_length - 1:
+            raise ValueError(
+                f"The prompt prefix takes {len(pre)} tokens, leaving no room for text within "
+                f"max_length={self.config.max_length}; use fewer or shorter examples."
+            )
+        return pre
 
     def _progress(self, total: int, enabled: bool):
         from tqdm.auto import tqdm
@@ -399,13 +430,8 @@ class Embedder:
             specials=self.specials,
         )
         self._note_truncation(truncated)
-        pre = prefix_ids(self.tokenizer, prefix, specials=self.specials)
+        pre = self._checked_prefix_ids(prefix)
         n_pre = len(pre)
-        if n_pre >= self.config.max_length - 1:
-            raise ValueError(
-                f"The prompt prefix takes {n_pre} tokens, leaving no room for text within "
-                f"max_length={self.config.max_length}; use fewer or shorter examples."
-            )
         cached = [i for i, ids in enumerate(full) if ids[:n_pre] == pre and len(ids) > n_pre]
         cached_set = set(cached)
         rest = [i for i in range(len(full)) if i not in cached_set]

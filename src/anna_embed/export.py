@@ -42,7 +42,7 @@ def saved_prompts(embedder: Embedder) -> dict[str, str]:
 def save_model(embedder: Embedder, path: Path) -> Path:
     """Write the folder atomically (built beside ``path``, then renamed into place)."""
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     from anna_embed.embedder import CONFIG_FILE
     from anna_embed.tokenization import append_eos_post_processor
