@@ -1,0 +1,84 @@
+"""Task registry and prompt module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from anna_embed import prompts as P
+from anna_embed.tasks import TASK_TYPES, TASKS, UnknownTaskError, benchmark_tasks, get_task, sample_examples
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="shared reference data not present")
+def test_registry_covers_mteb_eng_v2_exactly():
+    ref = json.loads((SHARED / "reference" / "mteb_eng_v2_tasks.json").read_text())
+    expected = {(name, ttype) for ttype, names in ref["tasks_by_type"].items() for name in names}
+    ours = {(t.name, t.type) for t in benchmark_tasks()}
+    assert ours == expected
+    assert len(ours) == ref["n_tasks"] == 41
+    for name, subset in ref["subsets"].items():
+        assert get_task(name).subset == subset
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "mteb").is_dir(), reason="shared data not present")
+def test_every_local_task_folder_is_registered():
+    for folder in sorted((SHARED / "data" / "mteb").iterdir()):
+        spec = get_task(folder.name)
+        assert spec.folder == folder.name
+
+
+def test_every_task_has_type_metric_and_one_sentence_instruction():
+    for spec in TASKS.values():
+        assert spec.type in TASK_TYPES
+        assert spec.main_metric
+        assert spec.instruction.endswith(".") and spec.instruction.count(". ") == 0, spec.name
+    assert get_task("MindSmallReranking").main_metric == "max_over_subqueries_map_at_1000"
+    assert get_task("SciFact").main_metric == "ndcg_at_10"
+
+
+def test_unknown_task_lists_close_matches():
+    with pytest.raises(UnknownTaskError, match="SciFact"):
+        get_task("SciFakt")
+    assert get_task("scifact").name == "SciFact"
+    assert get_task("SummEval").type == "Summarization"
+
+
+def test_query_prompt_puts_examples_first_then_instruction_and_query():
+    prefix = P.query_prefix(instruction="Find X.", examples=[("q1", "r1"), ("q2", "r2")])
+    assert prefix == (
+        "Instruct: Find X.\nQuery:\nq1\nResponse:\nr1\n\n"
+        "Instruct: Find X.\nQuery:\nq2\nResponse:\nr2\n\n"
+        "Instruct: Find X.\nQuery:\n"
+    )
+    assert P.build_prompt("hello", "query", instruction="Find X.") == "Instruct: Find X.\nQuery:\nhello"
+
+
+def test_document_prompt_depends_on_symmetry():
+    assert P.document_prefix("SciFact") == ""
+    assert P.document_prefix("STSBenchmark") == P.query_prefix("STSBenchmark")
+    assert P.document_prefix("Banking77Classification").startswith("Instruct: ")
+    assert P.document_prefix(None) == ""
+    with pytest.raises(ValueError):
+        P.build_prompt("x", "document", "SciFact", examples=[("a", "b")])
+    with pytest.raises(ValueError):
+        P.query_prefix(examples=[("a", "b")])
+
+
+def test_templates_round_trip_and_reject_unknown_keys():
+    t = P.PromptTemplates(query="Q {instruction}\n")
+    assert P.PromptTemplates.from_dict(t.to_dict()) == t
+    with pytest.raises(ValueError, match="Unknown prompt template keys"):
+        P.PromptTemplates.from_dict({"querry": "x"})
+
+
+def test_sample_examples_is_seeded_and_clipped():
+    pool = [(f"q{i}", f"r{i}" * 500) for i in range(50)]
+    a = sample_examples(pool, 3, seed=1)
+    assert a == sample_examples(pool, 3, seed=1)
+    assert a != sample_examples(pool, 3, seed=2)
+    assert len(a) == 3 and all(len(r) <= 400 for _, r in a)
+    assert sample_examples([], 3, seed=0) == []
