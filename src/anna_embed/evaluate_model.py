@@ -236,7 +236,7 @@ class EvalEncoder(AbsEncoder):
             if k not in found:
                 todo.setdefault(k, t)
         if self.cache is not None:
-            self.cache.hits += len(texts) - sum(k in todo for k in keys)
+            self.cache.hits += len(texts) - len(todo)  # texts served without encoding
             self.cache.misses += len(todo)
         pending = list(todo.items())
         order = sorted(range(len(pending)), key=lambda i: -len(pending[i][1]))  # similar lengths together

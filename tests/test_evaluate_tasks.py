@@ -1,0 +1,187 @@
+"""Each task type end to end through mteb's evaluators on tiny fixture folders with a tiny random model.
+
+Also: the structure handed to mteb per type, the cache, few-shot selection, ``--limit`` and the errors for
+missing files/fields and type mismatches.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anna_embed.evaluate_data import TaskFolderError, detect_type, load_task
+from anna_embed.io import InputError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+ALL_TASKS = {
+    "STSBenchmark": "STS",
+    "TwitterSemEval2015": "PairClassification",
+    "Banking77Classification": "Classification",
+    "TwentyNewsgroupsClustering": "Clustering",
+    "MyRetrieval": "Retrieval",
+    "AskUbuntuDupQuestions": "Reranking",
+    "SummEval": "Summarization",
+}
+
+
+@pytest.fixture
+def backend(make_embedder):
+    from anna_embed.evaluate_model import EmbedderBackend
+
+    return EmbedderBackend.wrap(make_embedder("llama"), model_id="tiny-llama-test")
+
+
+def test_every_task_type_runs_end_to_end(tmp_path, backend):
+    from anna_embed.evaluate import run_eval
+
+    out = tmp_path / "run"
+    run = run_eval("tiny-llama", list(ALL_TASKS), data_dir=FIXTURES, output=out, backend=backend,
+                   shots=2, batch_size=8, show_progress=False)
+    assert run["types"] == ALL_TASKS
+    for task in ALL_TASKS:
+        data = json.loads((out / f"{task}.json").read_text())
+        assert data["task_name"] == task
+        score = run["scores"][task]
+        assert score is not None and np.isfinite(score), task
+        assert -100.0 <= score <= 100.0
+    assert {"summary.md", "summary.csv", "summary.png", "run.json", "model_meta.json"} <= {
+        p.name for p in out.iterdir()}
+    summary = (out / "summary.md").read_text()
+    assert "Mean(TaskType)" in summary and "MyRetrieval" in summary
+    assert run["mean_task"] == pytest.approx(np.mean(list(run["scores"].values())))
+    # few-shot sources: train/dev splits where they exist, documented zero-shot fallback elsewhere
+    assert run["shot_sources"]["STSBenchmark"] == "train.jsonl"
+    assert run["shot_sources"]["TwitterSemEval2015"] == "dev.jsonl"
+    assert run["shot_sources"]["SummEval"].startswith("none")
+
+
+def test_cache_makes_a_rerun_encode_nothing(tmp_path, backend):
+    from anna_embed.evaluate import run_eval
+
+    cache = tmp_path / "emb.sqlite"
+    first = run_eval("tiny", ["STSBenchmark"], data_dir=FIXTURES, output=tmp_path / "a", backend=backend,
+                     cache_dir=cache, show_progress=False)
+    calls = []
+    original = backend.encode
+    backend.encode = lambda texts, prefix, bs: calls.append(len(texts)) or original(texts, prefix, bs)
+    second = run_eval("tiny", ["STSBenchmark"], data_dir=FIXTURES, output=tmp_path / "b", backend=backend,
+                      cache_dir=cache, show_progress=False)
+    assert calls == []
+    assert second["scores"] == first["scores"]
+
+
+def test_cached_vectors_equal_fresh_ones(tmp_path, backend):
+    from anna_embed.evaluate_model import EmbeddingCache, EvalEncoder
+
+    texts = ["A man plays guitar.", "Cats sleep.", "A man plays guitar."]
+    enc = EvalEncoder(backend, tasks={}, cache=EmbeddingCache(tmp_path / "c.sqlite"), show_progress=False)
+    a = enc.encode_texts(texts, "Instruct: x\nQuery:\n")
+    b = enc.encode_texts(texts, "Instruct: x\nQuery:\n")
+    fresh = backend.encode(texts, "Instruct: x\nQuery:\n", 8)
+    np.testing.assert_allclose(a, fresh, atol=1e-6)
+    np.testing.assert_array_equal(a, b)
+    assert enc.cache.misses == 2 and enc.cache.hits == 4  # the duplicate text was encoded once
+
+
+def test_prefix_depends_on_role_and_task(backend):
+    from anna_embed.evaluate_model import EvalEncoder
+
+    enc = EvalEncoder(backend, tasks={}, examples={"SciFact": [("q", "d")]}, show_progress=False)
+    q = enc.prefix("SciFact", "Retrieval", "query")
+    assert "scientific claim" in q and "Response:\nd" in q
+    assert enc.prefix("SciFact", "Retrieval", "document") == ""
+    sts = enc.prefix("STS12", "STS", None)
+    assert sts.startswith("Instruct: Find sentences with the same meaning.")
+
+
+def test_loaded_structures_match_what_mteb_expects():
+    sts = load_task("STSBenchmark", FIXTURES).task
+    assert sts.data_loaded and sts.dataset["test"].column_names == ["sentence1", "sentence2", "score"]
+    pc = load_task("TwitterSemEval2015", FIXTURES).task
+    assert set(pc.dataset["test"].column_names) == {"sentence1", "sentence2", "labels"}
+    retrieval = load_task("MyRetrieval", FIXTURES)
+    split = retrieval.task.dataset["default"]["test"]
+    assert retrieval.type == "Retrieval"
+    assert split["queries"]["id"] == ["q1", "q2", "q3", "q4", "q5"]  # q9 has no qrel: dropped, as mteb does
+    assert split["relevant_docs"]["q4"] == {"d7": 1} and split["top_ranked"] is None
+    rerank = load_task("AskUbuntuDupQuestions", FIXTURES).task.dataset["default"]["test"]
+    assert len(rerank["queries"]) == 3  # the line without negatives is skipped
+    assert rerank["top_ranked"]["test_query1"][:2] == ["apositive_test_query1_00000", "apositive_test_query1_00001"]
+    summ = load_task("SummEval", FIXTURES).task
+    assert summ.metadata.name == "SummEval" and len(summ.dataset["test"]) == 4
+
+
+def test_registry_names_map_to_folders_and_subsets(tmp_path):
+    folder = tmp_path / "STS17"
+    folder.mkdir()
+    rows = [{"lang": lang, "sentence1": f"a {i}", "sentence2": f"b {i}", "score": float(i % 5)}
+            for lang in ("en-en", "ko-ko") for i in range(6)]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = load_task("STS17", tmp_path).task
+    assert task.hf_subsets == ["en-en"] and len(task.dataset["en-en"]["test"]) == 6
+    v2 = load_task("TwentyNewsgroupsClustering.v2", FIXTURES)  # same folder as v1, flattened by mteb's transform
+    assert v2.folder.name == "TwentyNewsgroupsClustering"
+    assert len(v2.task.dataset["test"]) == 24
+
+
+def test_limit_truncates_and_is_marked(tmp_path, backend):
+    from anna_embed.evaluate import run_eval
+
+    lt = load_task("STSBenchmark", FIXTURES, limit=5)
+    assert len(lt.task.dataset["test"]) == 5
+    run = run_eval("tiny", ["STSBenchmark"], data_dir=FIXTURES, output=tmp_path, backend=backend, limit=5,
+                   show_progress=False)
+    assert run["comparable"] is False
+    assert "NOT comparable" in (tmp_path / "summary.md").read_text()
+
+
+def test_detect_type_of_every_fixture():
+    for task, ttype in ALL_TASKS.items():
+        assert detect_type(FIXTURES / task) == ttype
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+def test_missing_field_names_file_and_line(tmp_path):
+    folder = _copy("STSBenchmark", tmp_path)
+    lines = (folder / "test.jsonl").read_text().splitlines()
+    bad = json.loads(lines[2])
+    del bad["score"]
+    lines[2] = json.dumps(bad)
+    (folder / "test.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"test\.jsonl:3: field 'score': missing"):
+        load_task("STSBenchmark", tmp_path)
+
+
+def test_wrong_value_type_names_the_field(tmp_path):
+    folder = _copy("TwitterSemEval2015", tmp_path)
+    with (folder / "test.jsonl").open("a") as fh:
+        fh.write(json.dumps({"sentence1": "a", "sentence2": "b", "label": 3}) + "\n")
+    with pytest.raises(InputError, match=r"test\.jsonl:13: field 'label': expected 0 or 1"):
+        load_task("TwitterSemEval2015", tmp_path)
+
+
+def test_missing_file_is_named(tmp_path):
+    folder = _copy("Banking77Classification", tmp_path)
+    (folder / "train.jsonl").unlink()
+    with pytest.raises(TaskFolderError, match=r"train\.jsonl: file not found"):
+        load_task("Banking77Classification", tmp_path)
+
+
+def test_folder_of_the_wrong_type_is_refused(tmp_path):
+    shutil.copytree(FIXTURES / "MyRetrieval", tmp_path / "STS12")
+    with pytest.raises(TaskFolderError, match="holds Retrieval data .* the task is STS"):
+        load_task("STS12", tmp_path)
+
+
+def test_unknown_task_without_folder(tmp_path):
+    with pytest.raises(TaskFolderError, match="not an mteb task"):
+        load_task("NoSuchTask", tmp_path)
