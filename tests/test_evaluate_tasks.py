@@ -110,7 +110,8 @@ def test_loaded_structures_match_what_mteb_expects():
     assert split["relevant_docs"]["q4"] == {"d7": 1} and split["top_ranked"] is None
     rerank = load_task("AskUbuntuDupQuestions", FIXTURES).task.dataset["default"]["test"]
     assert len(rerank["queries"]) == 3  # the line without negatives is skipped
-    assert rerank["top_ranked"]["test_query1"][:2] == ["apositive_test_query1_00000", "apositive_test_query1_00001"]
+    positives = ["apositive_test_query1_00000", "apositive_test_query1_00001"]
+    assert rerank["top_ranked"]["test_query1"][:2] == positives
     summ = load_task("SummEval", FIXTURES).task
     assert summ.metadata.name == "SummEval" and len(summ.dataset["test"]) == 4
 
@@ -123,7 +124,8 @@ def test_registry_names_map_to_folders_and_subsets(tmp_path):
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = load_task("STS17", tmp_path).task
     assert task.hf_subsets == ["en-en"] and len(task.dataset["en-en"]["test"]) == 6
-    v2 = load_task("TwentyNewsgroupsClustering.v2", FIXTURES)  # same folder as v1, flattened by mteb's transform
+    # same folder as v1, flattened by mteb's own dataset_transform
+    v2 = load_task("TwentyNewsgroupsClustering.v2", FIXTURES)
     assert v2.folder.name == "TwentyNewsgroupsClustering"
     assert len(v2.task.dataset["test"]) == 24
 
@@ -178,7 +180,7 @@ def test_missing_file_is_named(tmp_path):
 
 def test_folder_of_the_wrong_type_is_refused(tmp_path):
     shutil.copytree(FIXTURES / "MyRetrieval", tmp_path / "STS12")
-    with pytest.raises(TaskFolderError, match="holds Retrieval data .* the task is STS"):
+    with pytest.raises(TaskFolderError, match=r"holds Retrieval data .* the task is STS"):
         load_task("STS12", tmp_path)
 
 
