@@ -43,8 +43,12 @@ def test_loads_both_record_shapes(tmp_path: Path) -> None:
     assert mined[0].task.name == "SciFact"
     plain = load_records(
         DataSource(
-            str(_write(tmp_path / "p.jsonl", [{"query": "q", "positive": "p", "negative": "n"},
-                                              {"query": "q2", "positive": "p2"}])),
+            str(
+                _write(
+                    tmp_path / "p.jsonl",
+                    [{"query": "q", "positive": "p", "negative": "n"}, {"query": "q2", "positive": "p2"}],
+                )
+            ),
             task="NLI",
         )
     )
@@ -134,8 +138,10 @@ def test_collate_builds_prompts_through_prompts_module() -> None:
     batch = ts.collate([3, 4], seed=0, epoch=2, group_size=2, max_shots=2, shot_max_chars=200)
     assert batch.in_batch and batch.task == "SciFact" and len(batch.documents) == 4
     for row, i in enumerate([3, 4]):
-        shots = [(ts.records[s].query, ts.records[s].response)
-                 for s in ts.sample_shots(i, seed=0, epoch=2, max_shots=2)]
+        shots = [
+            (ts.records[s].query, ts.records[s].response)
+            for s in ts.sample_shots(i, seed=0, epoch=2, max_shots=2)
+        ]
         expected = query_prefix("SciFact", examples=shots) + ts.records[i].query
         assert batch.queries[row] == expected == query_prompt(ts.records[i], shots)
         assert batch.documents[2 * row] == build_prompt(ts.records[i].positives[0], "document", "SciFact")
@@ -155,13 +161,22 @@ def _set_other_task() -> TrainingSet:
 def test_classification_batches_use_group_only_and_answer_with_label() -> None:
     from anna_embed.data import parse_record
 
-    rows = [{"query": f"msg {i}", "pos": [f"intent {i % 3}"], "neg": [f"intent {(i + 1) % 3}"],
-             "label": f"intent {i % 3}", "task": "Banking77Classification"} for i in range(6)]
+    rows = [
+        {
+            "query": f"msg {i}",
+            "pos": [f"intent {i % 3}"],
+            "neg": [f"intent {(i + 1) % 3}"],
+            "label": f"intent {i % 3}",
+            "task": "Banking77Classification",
+        }
+        for i in range(6)
+    ]
     ts = TrainingSet([parse_record(r, path=Path("mem"), line=i + 1) for i, r in enumerate(rows)])
     batch = ts.collate([0, 1, 2], seed=0, epoch=0, group_size=2, max_shots=0, shot_max_chars=50)
     assert not batch.in_batch
-    assert ts.collate([0, 1], seed=0, epoch=0, group_size=2, max_shots=0, shot_max_chars=50,
-                      in_batch="always").in_batch
+    assert ts.collate(
+        [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, shot_max_chars=50, in_batch="always"
+    ).in_batch
     assert ts.records[4].response == "intent 1"
     # symmetric task: documents carry the instruction too
     assert batch.documents[0].startswith(query_prefix("Banking77Classification"))

@@ -88,8 +88,14 @@ def test_kl_weight_adds_lambda_times_kl() -> None:
     teacher = torch.tensor([[3.0, 1.0, 0.0], [2.0, 2.5, -1.0]])
     base = embedding_loss(q, d, group_size=3, in_batch=True, student_temperature=0.05)
     out = embedding_loss(
-        q, d, group_size=3, in_batch=True, student_temperature=0.05,
-        teacher_scores=teacher, teacher_temperature=0.5, kl_weight=0.7,
+        q,
+        d,
+        group_size=3,
+        in_batch=True,
+        student_temperature=0.05,
+        teacher_scores=teacher,
+        teacher_temperature=0.5,
+        kl_weight=0.7,
     )
     kl = distill_kl(group_scores(q, d, 3), teacher, student_temperature=0.05, teacher_temperature=0.5)
     assert out.kl.item() == pytest.approx(kl.item(), rel=1e-6)
@@ -115,8 +121,16 @@ def test_grad_cache_matches_plain_gradients() -> None:
     teacher = torch.randn(6, 2)
 
     def loss_fn(q, d):
-        return embedding_loss(q, d, group_size=2, in_batch=True, student_temperature=0.05,
-                              teacher_scores=teacher, teacher_temperature=1.0, kl_weight=0.5)
+        return embedding_loss(
+            q,
+            d,
+            group_size=2,
+            in_batch=True,
+            student_temperature=0.05,
+            teacher_scores=teacher,
+            teacher_temperature=1.0,
+            kl_weight=0.5,
+        )
 
     # plain: one forward per side, with the same RNG replay order as GradCache uses (chunks in order)
     torch.manual_seed(123)
@@ -145,8 +159,9 @@ def _gather_worker(rank: int, world: int, init_file: str, result_file: str) -> N
     b = 4 // world
     q = F.normalize(x_q[rank * b : (rank + 1) * b] @ weight, dim=-1)
     d = F.normalize(x_d[rank * b * 3 : (rank + 1) * b * 3] @ weight, dim=-1)
-    out = embedding_loss(q, gather_with_grad(d), group_size=3, in_batch=True,
-                         student_temperature=0.1, query_offset=rank * b)
+    out = embedding_loss(
+        q, gather_with_grad(d), group_size=3, in_batch=True, student_temperature=0.1, query_offset=rank * b
+    )
     out.loss.backward()
     loss = out.loss.detach().clone()
     dist.all_reduce(loss)
@@ -167,8 +182,13 @@ def test_two_process_gather_equals_single_process(tmp_path) -> None:
     torch.manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(6, 4))
     x_q, x_d = torch.randn(4, 6), torch.randn(4 * 3, 6)
-    out = embedding_loss(F.normalize(x_q @ weight, dim=-1), F.normalize(x_d @ weight, dim=-1),
-                         group_size=3, in_batch=True, student_temperature=0.1)
+    out = embedding_loss(
+        F.normalize(x_q @ weight, dim=-1),
+        F.normalize(x_d @ weight, dim=-1),
+        group_size=3,
+        in_batch=True,
+        student_temperature=0.1,
+    )
     out.loss.backward()
     assert got["loss"].item() == pytest.approx(out.loss.item(), rel=1e-5)
     assert torch.allclose(got["grad"], weight.grad, atol=1e-6)

@@ -295,6 +295,7 @@ class TrainingSet:
         shot_max_chars: int,
         in_batch: str = "by_type",
         templates: PromptTemplates = DEFAULT_TEMPLATES,
+        instructions: bool = True,
     ) -> TrainBatch:
         """Turn record indices (all of one task) into prompt strings through :mod:`anna_embed.prompts`.
 
@@ -309,6 +310,7 @@ class TrainingSet:
             in_batch: ``"by_type"`` (in-batch negatives except for classification/clustering),
                 ``"always"`` or ``"never"``.
             templates: The model's prompt templates.
+            instructions: False for models without instructions (encoders): raw texts, no shots.
         """
         tasks = {self.records[i].task.name for i in indices}
         if len(tasks) != 1:
@@ -316,17 +318,21 @@ class TrainingSet:
         queries, documents, teacher = [], [], []
         for i in indices:
             rec = self.records[i]
+            docs, scores = self.sample_group(i, seed=seed, epoch=epoch, group_size=group_size)
+            teacher.append(scores)
+            if not instructions:
+                queries.append(rec.query)
+                documents.extend(docs)
+                continue
             shots = [
                 (self.records[s].query[:shot_max_chars], self.records[s].response[:shot_max_chars])
                 for s in self.sample_shots(i, seed=seed, epoch=epoch, max_shots=max_shots)
             ]
             queries.append(query_prompt(rec, shots, templates=templates))
-            docs, scores = self.sample_group(i, seed=seed, epoch=epoch, group_size=group_size)
             documents.extend(
                 build_prompt(d, "document", rec.task, instruction=rec.instruction, templates=templates)
                 for d in docs
             )
-            teacher.append(scores)
         spec = self.records[indices[0]].task
         use_in_batch = {"always": True, "never": False}.get(in_batch, spec.type not in GROUP_ONLY_TYPES)
         return TrainBatch(queries, documents, teacher, spec.name, use_in_batch, list(indices))

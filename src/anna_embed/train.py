@@ -1,0 +1,730 @@
+"""The training loop: LoRA (or full) contrastive + soft-label fine-tuning of a decoder embedder.
+
+``anna-embed train --config configs/demo.toml [--set optim.lr=5e-5 ...] [--resume]`` runs on one CPU;
+the same command under ``accelerate launch`` or ``torchrun`` runs data-parallel on several GPUs or
+nodes (in-batch negatives are gathered across processes, see :func:`anna_embed.losses.gather_with_grad`).
+
+One step: the data module turns batch ``(epoch, i)`` (task-homogeneous, a pure function of the seed) into
+prompt strings; the embedder tokenizes and embeds queries and documents; :func:`anna_embed.losses.
+embedding_loss` scores them. Checkpoints (trainable weights, optimizer, scheduler, RNG, position, resolved
+config, data manifest) are written atomically every ``run.save_every`` steps; ``--resume`` continues from
+the newest one to the same final weights as an uninterrupted run. A non-finite loss stops the run before
+the update, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from anna_embed import config as C
+from anna_embed.data import DataSource, TrainingSet, file_sha256, plan_batches
+from anna_embed.io import atomic_write, write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from anna_embed.embedder import Embedder
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The backbone.
+
+    Attributes:
+        name: Short name, local folder or hub id (see :func:`anna_embed.models.resolve`).
+        pooling: ``last`` (the EOS token, the recipe's choice) or ``mean``.
+        dtype: Dtype of the frozen base weights: ``auto`` picks bf16 where the CPU/GPU supports it.
+        max_length: Token budget per text, prompt and few-shot block included.
+        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower).
+    """
+
+    name: str = "smollm2-135m-instruct"
+    pooling: Literal["last", "mean"] = "last"
+    dtype: Literal["float32", "bfloat16", "auto"] = "auto"
+    max_length: int = 512
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class LoraSection:
+    """LoRA adapter (peft). ``enabled = false`` trains every weight.
+
+    Defaults: rank 16 and alpha 32 (alpha = 2 * rank keeps the update scale fixed when the rank changes)
+    on every attention and MLP projection, as E5-Mistral and BGE-EN-ICL train their decoders; dropout 0.05
+    is a light regulariser for the small data mixes this runs on.
+    """
+
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Training data and how batches are formed (see :mod:`anna_embed.data`).
+
+    Attributes:
+        sources: The JSONL files (``[[data.sources]] path = ..., task = ..., max_records = ...``).
+        group_size: ``G``: 1 positive + ``G - 1`` negatives per query.
+        max_shots: ``K``: each query gets ``k ~ U{0..K}`` few-shot examples of its task (0: none).
+        shot_max_chars: Each example's query and response are cut to this many characters.
+        in_batch: ``by_type`` (in-batch negatives except classification/clustering), ``always``, ``never``.
+    """
+
+    sources: tuple[DataSource, ...] = ()
+    group_size: int = 4
+    max_shots: int = 3
+    shot_max_chars: int = 300
+    in_batch: Literal["by_type", "always", "never"] = "by_type"
+
+
+@dataclass(frozen=True)
+class LossSection:
+    """Loss = InfoNCE(scores / tau_s) + kl_weight * KL(softmax(teacher / tau_t) || softmax(student / tau_s)).
+
+    Attributes:
+        student_temperature: ``tau_s`` (0.02, as the recipe).
+        teacher_temperature: ``tau_t``; teacher scores are divided by it as written by the mining step. The
+            default fits the default mining teacher (cosine scores of a bi-encoder, range [-1, 1]); use about
+            1.0 for a cross-encoder's logits.
+        kl_weight: ``lambda``; 0 disables distillation.
+        grad_cache_chunk: Texts per forward in GradCache mode (0: plain, all texts in one forward).
+    """
+
+    student_temperature: float = 0.02
+    teacher_temperature: float = 0.05
+    kl_weight: float = 1.0
+    grad_cache_chunk: int = 0
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    """Optimiser and schedule.
+
+    Attributes:
+        batch_size: Queries per process per step (the global batch is ``batch_size * processes``).
+        lr: AdamW peak learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps.
+        scheduler: Decay after warm-up.
+        epochs: Passes over the data (ignored when ``max_steps`` is set).
+        max_steps: Total optimisation steps.
+        grad_clip: Max global gradient norm (0: off).
+        mixed_precision: Autocast for the forward (``bf16`` on GPUs that support it).
+    """
+
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    epochs: int = 1
+    max_steps: int | None = None
+    grad_clip: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Where and how the run reports and survives.
+
+    Attributes:
+        output_dir: Run folder: checkpoints/, metrics.jsonl, loss.png, model/.
+        seed: Seed of everything random (batches, shots, negatives, init, dropout).
+        save_every: Checkpoint every this many steps (0: only at the end).
+        keep_checkpoints: Newest checkpoints kept.
+        log_every: Metrics row every this many steps.
+        eval_every: Quick dev evaluation every this many steps (0: off).
+        eval_file: STS-style JSONL ``{sentence1, sentence2, score}`` for the quick evaluation.
+        eval_task: Task whose instruction the quick evaluation uses.
+        eval_max_pairs: Pairs used by the quick evaluation.
+    """
+
+    output_dir: str = "outputs/train"
+    seed: int = 0
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    eval_every: int = 0
+    eval_file: str | None = None
+    eval_task: str = "STSBenchmark"
+    eval_max_pairs: int = 200
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved beside every checkpoint and the final model."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Passed to callbacks after every optimiser step."""
+
+    step: int
+    loss: float
+    checkpoint: Path | None
+
+
+# ----------------------------------------------------------------------------- schedule / checkpoints
+
+
+def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
+    """Multiplier of the peak learning rate at 0-based ``step``: linear warm-up, then ``kind`` decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (partial ones never carry the final name)."""
+    folder = run_dir / "checkpoints"
+    found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def data_manifest(sources: Sequence[DataSource], ts: TrainingSet) -> dict[str, Any]:
+    """What the run trained on: files (with hashes), record counts per task."""
+    counts: dict[str, int] = {}
+    for rec in ts.records:
+        counts[rec.task.name] = counts.get(rec.task.name, 0) + 1
+    files = [
+        {
+            "path": os.path.abspath(s.path),
+            "task": s.task,
+            "max_records": s.max_records,
+            "sha256": file_sha256(s.path),
+        }
+        for s in sources
+    ]
+    return {"files": files, "records_per_task": counts, "records": len(ts)}
+
+
+def training_dataset_names(sources: Sequence[DataSource], ts: TrainingSet) -> list[str]:
+    """Task names and file stems trained on, for the model metadata (evaluation flags overlap)."""
+    return sorted({r.task.name for r in ts.records} | {Path(s.path).stem for s in sources})
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Holds the run's state; :meth:`fit` runs it. Built by :func:`train`."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False):
+        import torch
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run.output_dir)
+        self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision)
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        torch.manual_seed(cfg.run.seed)
+        if not cfg.data.sources:
+            raise ValueError("data.sources is empty: give at least one training file")
+        self.data = TrainingSet.from_sources(cfg.data.sources)
+        self.global_batch = cfg.optim.batch_size * self.world
+        self.steps_per_epoch = len(self._batches(0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"no task has {self.global_batch} records: lower optim.batch_size")
+        self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
+        self.emb, self.peft_model = self._build_model()
+        params = [p for p in self.emb.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(
+                s, warmup=cfg.optim.warmup_steps, total=self.total_steps, kind=cfg.optim.scheduler
+            ),
+        )
+        # the scheduler stays unprepared: accelerate would step it once per process
+        self.module, self.optimizer = self.acc.prepare(_embed_module_class()(self.emb), self.optimizer)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        if resume:
+            self._resume()
+        self.manifest = data_manifest(cfg.data.sources, self.data)
+
+    # -- setup
+    def _batches(self, epoch: int) -> list[list[int]]:
+        names = [r.task.name for r in self.data.records]
+        return plan_batches(names, batch_size=self.global_batch, seed=self.cfg.run.seed, epoch=epoch)
+
+    def _build_model(self) -> tuple[Embedder, Any]:
+        from anna_embed.embedder import Embedder
+
+        m, lora = self.cfg.model, self.cfg.lora
+        emb = Embedder.from_pretrained(
+            m.name, pooling=m.pooling, max_length=m.max_length, dtype=m.dtype, device=str(self.acc.device)
+        )
+        return prepare_for_training(emb, lora, gradient_checkpointing=m.gradient_checkpointing)
+
+    # -- one step
+    def _loss(self, q_emb: torch.Tensor, d_emb: torch.Tensor, batch: Any, teacher: Any, mask: Any) -> Any:
+        from anna_embed.losses import embedding_loss, gather_with_grad
+
+        lc, b = self.cfg.loss, len(batch.queries)
+        docs, offset = (gather_with_grad(d_emb), self.rank * b) if batch.in_batch else (d_emb, 0)
+        return embedding_loss(
+            q_emb,
+            docs,
+            group_size=self.cfg.data.group_size,
+            in_batch=batch.in_batch,
+            student_temperature=lc.student_temperature,
+            teacher_scores=teacher,
+            teacher_mask=mask,
+            teacher_temperature=lc.teacher_temperature,
+            kl_weight=lc.kl_weight,
+            query_offset=offset,
+        )
+
+    def _train_step(self, batch: Any) -> Any:
+        import torch
+
+        from anna_embed.losses import LossOutput, grad_cache_backward
+
+        g = self.cfg.data.group_size
+        rows = [t if t is not None else [0.0] * g for t in batch.teacher_scores]
+        teacher = torch.tensor(rows, dtype=torch.float32, device=self.acc.device)  # [B, G]
+        mask = torch.tensor([t is not None for t in batch.teacher_scores], device=self.acc.device)  # [B]
+        texts = batch.queries + batch.documents
+        n_q = len(batch.queries)
+        chunk = self.cfg.loss.grad_cache_chunk
+        if chunk > 0:
+
+            def encode(part: list[str]) -> torch.Tensor:
+                return self.module(**self.emb.tokenize(part))
+
+            def split(xs: list[str]) -> list[list[str]]:
+                return [xs[i : i + chunk] for i in range(0, len(xs), chunk)]
+
+            return grad_cache_backward(
+                encode,
+                split(batch.queries),
+                split(batch.documents),
+                lambda q, d: self._loss(q, d, batch, teacher, mask),
+                no_sync=lambda: self.acc.no_sync(self.module),
+            )
+        emb = self.module(**self.emb.tokenize(texts))  # [B + B*G, D], one forward (DDP-friendly)
+        out: LossOutput = self._loss(emb[:n_q], emb[n_q:], batch, teacher, mask)
+        if torch.isfinite(out.loss):
+            self.acc.backward(out.loss)
+        return out
+
+    # -- the loop
+    def fit(self, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> Path:
+        """Train to ``total_steps``; returns the final model folder (written by the main process)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            C.save(cfg, self.run_dir / "config.json")
+            write_json(self.run_dir / "data_manifest.json", self.manifest)
+        self.module.train()
+        writer = _tensorboard(self.run_dir) if self.acc.is_main_process else None
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.acc.is_main_process,
+            desc="train",
+            unit="step",
+        )
+        t_last, ex_last = time.perf_counter(), 0
+        while self.step < self.total_steps:
+            epoch, i = divmod(self.step, self.steps_per_epoch)
+            global_idx = self._batches(epoch)[i]
+            local = global_idx[self.rank * cfg.optim.batch_size : (self.rank + 1) * cfg.optim.batch_size]
+            batch = self.data.collate(
+                local,
+                seed=cfg.run.seed,
+                epoch=epoch,
+                group_size=cfg.data.group_size,
+                max_shots=cfg.data.max_shots,
+                shot_max_chars=cfg.data.shot_max_chars,
+                in_batch=cfg.data.in_batch,
+                templates=self.emb.config.templates,
+                instructions=self.emb.config.use_instructions,
+            )
+            out = self._train_step(batch)
+            loss = self.acc.reduce(out.loss.detach().reshape(1), reduction="mean").item()
+            if not math.isfinite(loss):
+                self.optimizer.zero_grad(set_to_none=True)
+                where = self.last_checkpoint or "none written yet"
+                raise TrainingDivergedError(
+                    f"loss became {loss} at step {self.step + 1} (epoch {epoch}, batch {i}, task "
+                    f"{batch.task}); no update was applied. Last good checkpoint: {where}. "
+                    "Lower optim.lr, raise loss.student_temperature or check the data, then --resume."
+                )
+            if cfg.optim.grad_clip > 0:
+                self.acc.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            ex_last += self.global_batch
+            lr = self.scheduler.get_last_lr()[0]
+            if self.acc.is_main_process and (self.step % cfg.run.log_every == 0 or self.step == 1):
+                now = time.perf_counter()
+                row = {
+                    "step": self.step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "contrastive": out.contrastive.item(),
+                    "kl": out.kl.item(),
+                    "lr": lr,
+                    "examples_per_s": ex_last / max(now - t_last, 1e-9),
+                    "task": batch.task,
+                }
+                t_last, ex_last = now, 0
+                self._log(row, writer)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{row['examples_per_s']:.2f}")
+            if cfg.run.eval_every and self.step % cfg.run.eval_every == 0:
+                self._quick_eval(writer)
+            ckpt = None
+            if cfg.run.save_every and self.step % cfg.run.save_every == 0 and self.step < self.total_steps:
+                ckpt = self.save_checkpoint()
+            bar.update(1)
+            for cb in callbacks:
+                cb(StepInfo(self.step, loss, ckpt))
+        bar.close()
+        self.save_checkpoint()
+        if cfg.run.eval_every and self.step % cfg.run.eval_every:
+            self._quick_eval(writer)
+        if writer is not None:
+            writer.close()
+        return self.save_model()
+
+    # -- reporting
+    def _log(self, row: dict[str, Any], writer: Any) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if isinstance(v, float) and k != "step":
+                    writer.add_scalar(f"train/{k}", v, row["step"])
+
+    def _quick_eval(self, writer: Any) -> None:
+        if not self.acc.is_main_process or not self.cfg.run.eval_file:
+            return
+        score = quick_sts_eval(
+            self.emb,
+            self.cfg.run.eval_file,
+            task=self.cfg.run.eval_task,
+            max_pairs=self.cfg.run.eval_max_pairs,
+        )
+        self.module.train()
+        row = {"step": self.step, "eval_task": self.cfg.run.eval_task, "eval_spearman": score}
+        logger.info("step %d: quick eval %s Spearman %.4f", self.step, self.cfg.run.eval_task, score)
+        self._log(row, writer)
+
+    # -- checkpoints
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.emb.model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-NNNNNNN`` atomically (built under a temporary name, then renamed)."""
+        import numpy as np
+        import torch
+
+        final = self.run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{self.step:07d}"
+        tmp = final.with_name(f".tmp-{final.name}")
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        torch.save(rng, tmp / f"rng-{self.rank}.pt")  # per process: dropout streams differ
+        if self.acc.is_main_process:
+            torch.save(self._trainable_state(), tmp / "trainable.pt")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            epoch, i = divmod(self.step, self.steps_per_epoch)
+            write_json(
+                tmp / "state.json",
+                {
+                    "step": self.step,
+                    "epoch": epoch,
+                    "batch_in_epoch": i,
+                    "total_steps": self.total_steps,
+                    "world_size": self.world,
+                },
+            )
+            C.save(self.cfg, tmp / "config.json")
+            write_json(tmp / "data_manifest.json", self.manifest)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            self._prune()
+            self._plot()
+        self.acc.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _prune(self) -> None:
+        found = sorted((self.run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+        for old in found[: max(0, len(found) - max(1, self.cfg.run.keep_checkpoints))]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self) -> None:
+        import numpy as np
+        import torch
+
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            logger.warning("--resume: no checkpoint under %s; starting from scratch", self.run_dir)
+            return
+        state = json.loads((ckpt / "state.json").read_text())
+        if state["world_size"] != self.world:
+            raise ValueError(
+                f"{ckpt}: saved with {state['world_size']} processes, resuming with {self.world}"
+            )
+        weights = torch.load(ckpt / "trainable.pt", map_location="cpu")
+        params = dict(self.emb.model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        if missing:
+            raise ValueError(f"{ckpt}: checkpoint lacks trainable parameters {missing[:3]}...")
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(
+            torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+        )
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        rng = torch.load(ckpt / f"rng-{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = state["step"]
+        self.last_checkpoint = ckpt
+        metrics = self.run_dir / "metrics.jsonl"
+        if self.acc.is_main_process and metrics.is_file():  # drop rows logged after the checkpoint
+            rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r)["step"] <= self.step]
+            with atomic_write(metrics) as fh:
+                fh.write("".join(r + "\n" for r in rows))
+        logger.info("resumed from %s (step %d of %d)", ckpt, self.step, self.total_steps)
+
+    def _plot(self) -> None:
+        try:
+            plot_metrics(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        except Exception as err:  # plotting must never kill a run
+            logger.warning("could not plot metrics: %s", err)
+
+    # -- output
+    def save_model(self) -> Path:
+        """Merge the adapter and save the embedder folder (plus ``adapter/`` and ``training.json``)."""
+        out = self.run_dir / "model"
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return out
+        if self.peft_model is not None:
+            self.peft_model.save_pretrained(self.run_dir / "adapter")
+            self.peft_model.merge_and_unload()  # in place: self.emb.model now holds merged weights
+        names = training_dataset_names(self.cfg.data.sources, self.data)
+        self.emb.save(out, training_datasets=names)
+        write_json(
+            out / "training.json",
+            {
+                "config": C.to_dict(self.cfg),
+                "data_manifest": self.manifest,
+                "training_datasets": names,
+                "steps": self.step,
+            },
+        )
+        self._plot()
+        self.acc.wait_for_everyone()
+        logger.info("model written to %s", out)
+        return out
+
+
+@functools.cache
+def _embed_module_class() -> type:
+    import torch
+
+    class EmbedModule(torch.nn.Module):
+        """The backbone as a Module whose forward returns pooled embeddings (what DDP/FSDP wrap)."""
+
+        def __init__(self, emb: Embedder):
+            super().__init__()
+            self.backbone = emb.model
+            self._emb = (emb,)  # not a submodule
+
+        def forward(self, **batch: torch.Tensor) -> torch.Tensor:  # -> [B, D]
+            return self._emb[0].embed(batch)
+
+    return EmbedModule
+
+
+def prepare_for_training(
+    emb: Embedder, lora: LoraSection, *, gradient_checkpointing: bool = False
+) -> tuple[Embedder, Any]:
+    """Wrap the embedder's backbone with LoRA in place (or unfreeze it all); returns ``(emb, peft_model)``."""
+    model = emb.model
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if not lora.enabled:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        return emb, None
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+    )
+    peft_model = get_peft_model(model, peft_cfg)  # injects adapters into `model` itself
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+    model.train()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    logger.info("LoRA r=%d on %s: %d trainable of %d parameters", lora.r, lora.target_modules, n_train, n_all)
+    return emb, peft_model
+
+
+def quick_sts_eval(emb: Embedder, path: str, *, task: str, max_pairs: int) -> float:
+    """Spearman of cosine vs gold score on an STS JSONL (a quick dev signal, not mteb's evaluation)."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from anna_embed.io import iter_jsonl
+
+    rows = []
+    for _, r in iter_jsonl(path, required=("sentence1", "sentence2", "score"), skip_blank=True):
+        rows.append(r)
+        if len(rows) >= max_pairs:
+            break
+    was_training = emb.model.training
+    emb.model.eval()
+    try:
+        a = emb.encode_queries([r["sentence1"] for r in rows], task=task, batch_size=16)
+        b = emb.encode_documents([r["sentence2"] for r in rows], task=task, batch_size=16)
+    finally:
+        emb.model.train(was_training)
+    cos = (a * b).sum(1)
+    return float(spearmanr(cos, np.asarray([float(r["score"]) for r in rows])).statistic)
+
+
+def plot_metrics(metrics: Path, png: Path) -> None:
+    """Loss (total, contrastive, KL) and quick-eval curves from ``metrics.jsonl`` into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train_rows = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_spearman" in r]
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(10 if evals else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for key in ("loss", "contrastive", "kl"):
+        ax.plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("training loss")
+    if evals:
+        ax2 = axes[0][1]
+        ax2.plot([r["step"] for r in evals], [r["eval_spearman"] for r in evals], marker="o")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("Spearman")
+        ax2.set_title(f"quick eval: {evals[-1]['eval_task']}")
+    fig.tight_layout()
+    with atomic_write(png, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+
+def train(
+    cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callable[[StepInfo], None]] = ()
+) -> Path:
+    """Run training as configured; returns the saved model folder."""
+    return Trainer(cfg, resume=resume).fit(callbacks)
+
+
+def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``anna-embed train --config FILE [--set key=value ...] [--resume]``."""
+    parser.add_argument("--config", help="TOML config (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=5e-5 (repeatable)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = C.load(TrainConfig, args.config, args.overrides)
+        try:
+            out = train(cfg, resume=args.resume)
+        except TrainingDivergedError as err:
+            logger.error("%s", err)
+            return 3
+        logger.info("done: %s", out)
+        return 0
+
+    return run

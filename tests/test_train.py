@@ -1,0 +1,383 @@
+"""Training loop on a tiny random Llama: end to end, resume, NaN guard, GradCache, prompts, configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from anna_embed import config as C
+from anna_embed.data import DataSource, TrainingSet, load_records
+from anna_embed.tasks import get_task
+from anna_embed.train import (
+    LoraSection,
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    latest_checkpoint,
+    lr_factor,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = [
+    "cell",
+    "protein",
+    "gene",
+    "virus",
+    "cancer",
+    "drug",
+    "trial",
+    "mouse",
+    "blood",
+    "brain",
+    "heart",
+    "liver",
+    "lung",
+    "acid",
+    "dose",
+    "risk",
+    "rate",
+    "high",
+    "low",
+    "increase",
+    "decrease",
+    "cause",
+    "effect",
+    "study",
+    "patient",
+]
+
+
+def _records() -> list[dict]:
+    rows = []
+    for i in range(16):
+        a, b, c = WORDS[i % len(WORDS)], WORDS[(3 * i + 1) % len(WORDS)], WORDS[(5 * i + 2) % len(WORDS)]
+        rows.append(
+            {
+                "query": f"{a} {b} {i}",
+                "pos": [f"{a} {b} {c} study {i}"],
+                "neg": [f"{c} {a} trial {i + 1}", f"{b} dose {i + 2}"],
+                "pos_scores": [0.8],
+                "neg_scores": [0.5, 0.3],
+                "task": "SciFact",
+            }
+        )
+    for i in range(8):
+        rows.append(
+            {
+                "query": f"{WORDS[i]} {WORDS[i + 8]} please",
+                "pos": [f"intent {i % 2}"],
+                "neg": [f"intent {(i + 1) % 2}"],
+                "label": f"intent {i % 2}",
+                "task": "Banking77Classification",
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random 2-layer Llama + word-level tokenizer saved as a folder, and training/eval files."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    from anna_embed.tasks import TASKS
+
+    root = tmp_path_factory.mktemp("tiny")
+    rows = _records()
+    texts = (
+        [json.dumps(r) for r in rows] + [t.instruction for t in TASKS.values()] + ["Instruct Query Response"]
+    )
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
+    )
+    cfg = LlamaConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    model_dir = root / "model"
+    LlamaModel(cfg).save_pretrained(model_dir)
+    fast.save_pretrained(model_dir)
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sts = root / "sts.jsonl"
+    sts.write_text(
+        "".join(
+            json.dumps(
+                {"sentence1": f"{WORDS[i]} cell", "sentence2": f"{WORDS[i]} gene", "score": float(i % 5)}
+            )
+            + "\n"
+            for i in range(10)
+        )
+    )
+    return {"model": model_dir, "data": data, "sts": sts}
+
+
+def _cfg(tiny: dict[str, Path], out: Path, *extra: str) -> TrainConfig:
+    overrides = [
+        f"model.name={tiny['model']}",
+        "model.dtype=float32",
+        "model.max_length=64",
+        "lora.r=4",
+        "lora.alpha=8",
+        "lora.target_modules=q_proj,v_proj",
+        f"run.output_dir={out}",
+        "run.save_every=2",
+        "run.keep_checkpoints=10",
+        "optim.batch_size=4",
+        "optim.lr=5e-3",
+        "optim.warmup_steps=1",
+        "optim.max_steps=5",
+        "data.group_size=2",
+        "data.max_shots=2",
+        "loss.kl_weight=0.5",
+        "loss.teacher_temperature=0.1",
+        *extra,
+    ]
+    cfg = C.build(TrainConfig, {}, overrides)
+    return replace(cfg, data=replace(cfg.data, sources=(DataSource(str(tiny["data"])),)))
+
+
+def test_lr_schedule() -> None:
+    assert [lr_factor(s, warmup=2, total=6, kind="linear") for s in range(6)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.75,
+        0.5,
+        0.25,
+    ]
+    assert lr_factor(4, warmup=0, total=8, kind="cosine") == pytest.approx(0.5)
+    assert lr_factor(100, warmup=2, total=6, kind="constant") == 1.0
+
+
+def test_tiny_run_end_to_end(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from anna_embed.embedder import Embedder
+
+    cfg = _cfg(tiny, tmp_path / "run", "run.eval_every=5", f"run.eval_file={tiny['sts']}")
+    base = Embedder.from_pretrained(tiny["model"], dtype="float32", device="cpu")
+    probe = ["cell gene study", "virus dose trial"]
+    before = base.encode_queries(probe, task="SciFact")
+    trainer = Trainer(cfg)
+    out = trainer.fit()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2, 3, 4, 5]
+    assert all(r["loss"] > 0 and r["examples_per_s"] > 0 for r in losses)
+    assert {r["task"] for r in losses} <= {"SciFact", "Banking77Classification"}
+    assert any("eval_spearman" in r for r in rows)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt is not None and ckpt.name == "step-0000005"
+    for name in ("config.json", "data_manifest.json", "trainable.pt", "optimizer.pt", "rng-0.pt"):
+        assert (ckpt / name).is_file(), name
+    manifest = json.loads((ckpt / "data_manifest.json").read_text())
+    assert manifest["records_per_task"] == {"SciFact": 16, "Banking77Classification": 8}
+    # the saved folder reproduces the trained (merged) model, in our loader and in sentence-transformers
+    trained = trainer.emb.encode_queries(probe, task="SciFact")
+    loaded = Embedder.from_pretrained(out, device="cpu")
+    assert not (abs(before - trained).max() < 1e-4)  # training changed the model
+    assert abs(loaded.encode_queries(probe, task="SciFact") - trained).max() < 1e-5
+    assert "SciFact" in loaded.config.training_datasets and "train" in loaded.config.training_datasets
+    st = SentenceTransformer(str(out), device="cpu")
+    prefix = loaded.query_prefix("SciFact")
+    st_vecs = st.encode([prefix + t for t in probe], normalize_embeddings=True)
+    assert abs(st_vecs - trained).max() < 1e-4
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["steps"] == 5 and meta["data_manifest"]["records"] == 24
+
+
+class _Crash(Exception):
+    pass
+
+
+def _final_trainable(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None
+    return torch.load(ckpt / "trainable.pt")
+
+
+def test_kill_and_resume_reaches_same_weights(tiny: dict[str, Path], tmp_path: Path) -> None:
+    full = _cfg(tiny, tmp_path / "full", "optim.max_steps=6", "lora.dropout=0.1")
+    train(full)
+    cut = _cfg(tiny, tmp_path / "cut", "optim.max_steps=6", "lora.dropout=0.1")
+
+    def crash_after_3(info) -> None:
+        if info.step == 3:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(cut, callbacks=[crash_after_3])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000002"  # step 3 was lost with the crash
+    train(cut, resume=True)
+    a, b = _final_trainable(tmp_path / "full"), _final_trainable(tmp_path / "cut")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    la = [json.loads(x)["loss"] for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert la == pytest.approx(lb, rel=1e-5) and len(la) == 6
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch) -> None:
+    import anna_embed.losses as L
+
+    real = L.embedding_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        out = real(*args, **kw)
+        return out if calls["n"] < 3 else L.LossOutput(out.loss * float("nan"), out.contrastive, out.kl)
+
+    monkeypatch.setattr(L, "embedding_loss", flaky)
+    cfg = _cfg(tiny, tmp_path / "nan", "optim.max_steps=6")
+    with pytest.raises(TrainingDivergedError, match=r"step 3 .*step-0000002"):
+        train(cfg)
+    assert latest_checkpoint(tmp_path / "nan").name == "step-0000002"
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+def _step_grads(cfg: TrainConfig) -> tuple[float, dict[str, torch.Tensor]]:
+    trainer = Trainer(cfg)
+    batch = trainer.data.collate(
+        list(range(4)),
+        seed=0,
+        epoch=0,
+        group_size=2,
+        max_shots=2,
+        shot_max_chars=300,
+        templates=trainer.emb.config.templates,
+    )
+    out = trainer._train_step(batch)
+    grads = {n: p.grad.clone() for n, p in trainer.emb.model.named_parameters() if p.requires_grad}
+    return out.loss.item(), grads
+
+
+def test_grad_cache_step_gradients_equal_plain(tiny: dict[str, Path], tmp_path: Path) -> None:
+    loss_a, plain = _step_grads(_cfg(tiny, tmp_path / "plain", "lora.dropout=0.0"))
+    loss_b, cached = _step_grads(_cfg(tiny, tmp_path / "gc", "lora.dropout=0.0", "loss.grad_cache_chunk=3"))
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert plain.keys() == cached.keys() and len(plain) > 0
+    assert all(plain[k].abs().sum() > 0 for k in plain if "lora_B" in k)  # lora_A's grads are 0 at init
+    for k in plain:
+        assert torch.allclose(plain[k], cached[k], atol=1e-5, rtol=1e-3), k  # padding differs per chunk
+
+
+def test_collator_strings_equal_what_encode_queries_builds(tiny: dict[str, Path]) -> None:
+    from anna_embed.embedder import Embedder
+
+    emb = Embedder.from_pretrained(tiny["model"], dtype="float32", device="cpu")
+    ts = TrainingSet(load_records(DataSource(str(tiny["data"]))))
+    seen: list[str] = []
+    emb.encode = lambda texts, prefix="", **kw: seen.extend(prefix + t for t in texts)  # capture strings
+    for epoch in range(3):
+        idx = [0, 5, 9]
+        batch = ts.collate(
+            idx,
+            seed=1,
+            epoch=epoch,
+            group_size=2,
+            max_shots=3,
+            shot_max_chars=1000,
+            templates=emb.config.templates,
+        )
+        for row, i in enumerate(idx):
+            shots = [
+                (ts.records[s].query, ts.records[s].response)
+                for s in ts.sample_shots(i, seed=1, epoch=epoch, max_shots=3)
+            ]
+            seen.clear()
+            emb.encode_queries([ts.records[i].query], task=get_task("SciFact"), examples=shots)
+            assert seen == [batch.queries[row]]
+            seen.clear()
+            emb.encode_documents([ts.records[i].positives[0]], task="SciFact")
+            assert seen == [batch.documents[2 * row]]
+
+
+def test_configs_parse() -> None:
+    files = sorted((ROOT / "configs").glob("*.toml"))
+    assert {f.stem for f in files} >= {
+        "demo",
+        "full",
+        "no_shots",
+        "no_soft_labels",
+        "no_margin_filter",
+        "inbatch_only",
+    }
+    for f in files:
+        cfg = C.load(TrainConfig, f)
+        assert cfg.data.sources, f
+    assert C.load(TrainConfig, ROOT / "configs" / "no_shots.toml").data.max_shots == 0
+    assert C.load(TrainConfig, ROOT / "configs" / "no_soft_labels.toml").loss.kl_weight == 0.0
+
+
+def test_lora_defaults_documented() -> None:
+    assert LoraSection().alpha == 2 * LoraSection().r
+
+
+_TWO_PROC = r"""
+import json, sys
+from dataclasses import replace
+from anna_embed import config as C
+from anna_embed.data import DataSource
+from anna_embed.train import TrainConfig, train
+cfg = C.load(TrainConfig, sys.argv[1])
+train(replace(cfg, data=replace(cfg.data, sources=(DataSource(sys.argv[2]),))))
+"""
+
+
+def test_two_processes_match_one_process_on_concatenated_batch(tiny, tmp_path: Path) -> None:
+    """torchrun with 2 CPU (gloo) processes x batch 2 == 1 process x batch 4: same losses and weights."""
+    results = {}
+    for procs, bs in ((1, 4), (2, 2)):
+        cfg = _cfg(
+            tiny,
+            tmp_path / f"p{procs}",
+            "optim.max_steps=2",
+            f"optim.batch_size={bs}",
+            "lora.dropout=0.0",
+            "data.in_batch=always",
+        )
+        cfg_file = tmp_path / f"p{procs}.json"
+        cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
+        script = tmp_path / "run.py"
+        script.write_text(_TWO_PROC)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_port",
+            str(29500 + procs + os.getpid() % 1000),
+            str(script),
+            str(cfg_file),
+            str(tiny["data"]),
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = (tmp_path / f"p{procs}" / "metrics.jsonl").read_text().splitlines()
+        results[procs] = ([json.loads(r)["loss"] for r in rows], _final_trainable(tmp_path / f"p{procs}"))
+    assert results[1][0] == pytest.approx(results[2][0], rel=1e-5)
+    for k, v in results[1][1].items():
+        assert torch.allclose(v, results[2][1][k], atol=1e-5), k
