@@ -340,8 +340,9 @@ fake = importlib.util.module_from_spec(spec); spec.loader.exec_module(fake)
 def hook(stage, i):
     if (stage, i) == ("corpus", 1):
         os.kill(os.getpid(), signal.SIGKILL)
-mine.run(mine.{CFG!r}, {str(FIX / "train.jsonl")!r}, {str(out)!r}, corpus={str(FIX / "corpus.jsonl")!r},
-         retriever=fake.FakeRetriever(), reranker=fake.FakeReranker(), cache_dir={str(cache)!r}, on_progress=hook)
+mine.run(mine.{CFG!r}, {str(FIX / "train.jsonl")!r}, {str(out)!r},
+         corpus={str(FIX / "corpus.jsonl")!r}, retriever=fake.FakeRetriever(),
+         reranker=fake.FakeReranker(), cache_dir={str(cache)!r}, on_progress=hook)
 """
     env = dict(os.environ, PYTHONPATH=str(Path(mine.__file__).parents[1]))
     proc = subprocess.run(
