@@ -311,11 +311,20 @@ def run_eval(
     logger.info("Loaded %d task(s) and the model in %.1fs", len(local), time.monotonic() - t_load)
     scores: dict[str, float | None] = {}
     timing: dict[str, float] = {}
+    errors: dict[str, str] = {}
     for name, lt in local.items():
         t0 = time.monotonic()
         logger.info("Evaluating %s (%s, %s)", name, lt.type, lt.folder or "hub")
-        res = mteb.evaluate(enc, [lt.task], cache=None, overwrite_strategy="always", co2_tracker=False,
-                            show_progress_bar=False, encode_kwargs={"batch_size": batch_size})
+        try:
+            res = mteb.evaluate(enc, [lt.task], cache=None, overwrite_strategy="always", co2_tracker=False,
+                                show_progress_bar=False, encode_kwargs={"batch_size": batch_size})
+        except Exception as err:
+            if lt.folder is not None:
+                raise
+            # no local folder and the hub failed (offline): record the task as missing and go on
+            logger.error("%s: no folder under --data-dir and hub loading failed: %s", name, err)
+            scores[name], errors[name] = None, f"{type(err).__name__}: {err}"
+            continue
         result = res.task_results[0]
         tmp = out / f".{name}.json.tmp"
         result.to_disk(tmp)
@@ -327,6 +336,7 @@ def run_eval(
     cache.close()
     types = {n: lt.type for n, lt in local.items()}
     notes = {n: f"--limit {limit}" for n in local} if limit is not None else {}
+    notes.update({n: "missing (no local folder, hub unreachable)" for n in errors})
     agg = write_summary(out, model, scores, types, notes=notes, limit=limit)
     run = {
         "model": model, "backend": backend if isinstance(backend, str) else type(backend).__name__,
@@ -334,7 +344,7 @@ def run_eval(
         "data": {n: str(lt.folder) if lt.folder else "hub" for n, lt in local.items()},
         "shots": shots, "shot_sources": sources if shots else {}, "seed": seed, "limit": limit,
         "comparable": limit is None, "batch_size": batch_size, "dtype": dtype, "scores": scores,
-        "wall_seconds": timing, "training_datasets": list(be.training_datasets), **agg,
+        "wall_seconds": timing, "errors": errors, "training_datasets": list(be.training_datasets), **agg,
     }
     write_json(out / "run.json", run)
     write_json(out / "model_meta.json", enc.mteb_model_meta.model_dump(mode="json"))

@@ -430,6 +430,9 @@ def load_task(
             where = folder if folder is not None else Path(name)
             raise TaskFolderError(where, None, f"no such task folder, and {name!r} is not an mteb task")
         logger.info("No local folder for %s: mteb loads it from the hub.", name)
+        task.filter_eval_splits(["test"])
+        if spec is not None and spec.subset is not None:
+            task.hf_subsets = [spec.subset]
         ttype = task.metadata.type
         return LocalTask(task, task.metadata.name, ttype, None, instruction or _generic(ttype), limit)
 
