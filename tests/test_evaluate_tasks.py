@@ -7,6 +7,7 @@ missing files/fields and type mismatches.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,21 @@ def test_folder_of_the_wrong_type_is_refused(tmp_path):
 def test_unknown_task_without_folder(tmp_path):
     with pytest.raises(TaskFolderError, match="not an mteb task"):
         load_task("NoSuchTask", tmp_path)
+
+
+MTEB_DATA = Path(os.environ.get("ANNA_EMBED_MTEB_DATA", "/work/shared/data/mteb"))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (MTEB_DATA / "STS17").is_dir(), reason="local MTEB data not available")
+def test_minilm_reproduces_the_published_sts17_score(tmp_path):
+    """all-MiniLM-L6-v2 on STS17 en-en (250 pairs): published 87.59 (mteb_published_scores.json)."""
+    from anna_embed.evaluate import run_eval
+    from anna_embed.models import ModelNotAvailableError
+
+    try:
+        run = run_eval("all-minilm-l6-v2", ["STS17"], data_dir=MTEB_DATA, output=tmp_path,
+                       show_progress=False)
+    except ModelNotAvailableError as err:
+        pytest.skip(str(err))
+    assert abs(run["scores"]["STS17"] - 87.59) <= 0.3
