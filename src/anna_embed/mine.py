@@ -24,6 +24,7 @@ with a manifest, a summary and a score histogram beside it.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -462,6 +463,93 @@ def _pad(rows: Sequence[Sequence[float]], fill: float = np.nan) -> np.ndarray:
     return out
 
 
+def _search(
+    cfg: MineConfig,
+    retriever: Any,
+    queries: Sequence[MiningQuery],
+    docs: Sequence[str],
+    n_corpus: int,
+    cache: Path,
+    on_progress: ProgressHook | None,
+) -> tuple[np.ndarray, str]:
+    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded) and the search's cache key.
+
+    ``k`` is ``top_k`` plus the most positives any query has in the corpus, so excluding the positives
+    still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
+    """
+    corpus_key = _sha([retriever.name, str(cfg.task), str(cfg.shard_size), _sha(docs[:n_corpus])])[:16]
+    encode = functools.partial(retriever.encode_documents, task=cfg.task)
+    d_emb = encode_corpus_cached(
+        encode,
+        docs[:n_corpus],
+        cache / f"corpus-{corpus_key}",
+        shard_size=cfg.shard_size,
+        on_progress=on_progress,
+    )
+    settings = [
+        cfg.top_k,
+        cfg.index,
+        cfg.hnsw_m,
+        cfg.ef_search,
+        cfg.ivf_nlist,
+        cfg.ivf_nprobe,
+        cfg.bm25,
+        cfg.rrf_k,
+        cfg.seed,
+    ]
+    query_hash = _sha([f"{q.text}\0{q.task}\0{q.instruction}" for q in queries])
+    search_key = _sha([corpus_key, query_hash, json.dumps(settings)])[:16]
+    cand_file = cache / f"candidates-{search_key}.npy"
+    if cand_file.is_file():
+        return np.load(cand_file), search_key
+    in_corpus = set(docs[:n_corpus])
+    k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
+    _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
+    if cfg.bm25:
+        lexical = bm25_candidates([q.text for q in queries], docs[:n_corpus], k)
+        ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
+    with atomic_write(cand_file, "wb") as fh:
+        np.save(fh, ranked.astype(np.int64))
+    return ranked, search_key
+
+
+def _rescore(
+    cfg: MineConfig,
+    reranker: Any,
+    queries: Sequence[MiningQuery],
+    cands: Sequence[list[int]],
+    docs: Sequence[str],
+    folder: Path,
+    on_progress: ProgressHook | None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Stage 2: raw teacher scores of each query's positives and candidates, cached per query shard."""
+    pos_raw: list[np.ndarray] = []
+    cand_raw: list[np.ndarray] = []
+    size = cfg.query_shard_size
+    for i in range(math.ceil(len(queries) / size)):
+        shard_q, shard_c = queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size]
+        n_pos = [len(q.positives) for q in shard_q]
+        n_cand = [len(c) for c in shard_c]
+        target = folder / f"shard_{i:05d}.npz"
+        saved = np.load(target) if target.is_file() else None
+        if (
+            saved is not None
+            and saved["pos"].shape == (sum(n_pos),)
+            and saved["cand"].shape == (sum(n_cand),)
+        ):
+            pos_flat, cand_flat = saved["pos"], saved["cand"]
+        else:
+            pos_flat, cand_flat = _rescore_shard(reranker, shard_q, shard_c, docs)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(target, "wb") as fh:
+                np.savez(fh, pos=pos_flat, cand=cand_flat)
+        pos_raw += np.split(pos_flat, np.cumsum(n_pos)[:-1])
+        cand_raw += np.split(cand_flat, np.cumsum(n_cand)[:-1])
+        if on_progress is not None:
+            on_progress("rerank", i)
+    return pos_raw, cand_raw
+
+
 def run(
     cfg: MineConfig,
     train: str | Path,
@@ -476,9 +564,10 @@ def run(
 ) -> dict[str, Any]:
     """Mine ``train`` into ``out`` (written atomically); returns the run manifest.
 
-    Teachers default to ``cfg.retriever`` / ``cfg.reranker``; tests pass objects. Corpus embeddings and
-    rescoring results are cached under ``cache_dir`` (default ``OUT.cache``), so a killed run resumes
-    where it stopped and writes the same bytes. ``on_progress(stage, shard)`` is called after each shard.
+    Teachers default to ``cfg.retriever`` / ``cfg.reranker``; tests pass objects. Corpus embeddings,
+    candidates and rescoring results are cached under ``cache_dir`` (default ``OUT.cache``), so a killed
+    run resumes where it stopped and writes the same bytes. ``on_progress(stage, shard)`` is called after
+    each corpus and rescoring shard.
     """
     from anna_embed import __version__, teachers
     from anna_embed.config import to_dict
@@ -491,66 +580,20 @@ def run(
         docs = load_corpus(corpus)
     else:
         docs = list(dict.fromkeys(t for q in queries for t in q.positives + q.negatives))
-    n_corpus = len(docs)
+    n_corpus = len(docs)  # given negatives outside the corpus are appended: rescored, never searched
     doc_index = {t: i for i, t in enumerate(docs)}
-    for q in queries if cfg.include_given_negatives else []:
-        for neg in q.negatives:
-            if neg not in doc_index:
-                doc_index[neg] = len(docs)
-                docs.append(neg)
-    retriever = retriever or teachers.load_retriever(
-        cfg.retriever, batch_size=cfg.batch_size, max_length=cfg.max_length
-    )
-    reranker = reranker or teachers.load_reranker(
-        cfg.reranker, batch_size=cfg.batch_size, max_length=cfg.max_length
-    )
+    for neg in (n for q in queries for n in q.negatives) if cfg.include_given_negatives else ():
+        if neg not in doc_index:
+            doc_index[neg] = len(docs)
+            docs.append(neg)
+    kw = {"batch_size": cfg.batch_size, "max_length": cfg.max_length}
+    retriever = retriever or teachers.load_retriever(cfg.retriever, **kw)
+    reranker = reranker or teachers.load_reranker(cfg.reranker, **kw)
     timings: dict[str, float] = {}
 
-    # Stage 1: candidates.
     t = time.perf_counter()
-    corpus_key = _sha([retriever.name, str(cfg.task), str(cfg.shard_size), _sha(docs[:n_corpus])])[:16]
-    d_emb = encode_corpus_cached(
-        lambda x: retriever.encode_documents(x, task=cfg.task),
-        docs[:n_corpus],
-        cache / f"corpus-{corpus_key}",
-        shard_size=cfg.shard_size,
-        on_progress=on_progress,
-    )
-    timings["encode_corpus_s"] = time.perf_counter() - t
-    query_hash = _sha([f"{q.text}\0{q.task}\0{q.instruction}" for q in queries])
-    search_key = _sha(
-        [
-            corpus_key,
-            query_hash,
-            json.dumps(
-                [
-                    cfg.top_k,
-                    cfg.index,
-                    cfg.hnsw_m,
-                    cfg.ef_search,
-                    cfg.ivf_nlist,
-                    cfg.ivf_nprobe,
-                    cfg.bm25,
-                    cfg.rrf_k,
-                    cfg.seed,
-                ]
-            ),
-        ]
-    )[:16]
-    cand_file = cache / f"candidates-{search_key}.npy"
-    t = time.perf_counter()
-    if cand_file.is_file():
-        ranked = np.load(cand_file)
-    else:
-        max_pos = max(sum(p in doc_index and doc_index[p] < n_corpus for p in q.positives) for q in queries)
-        k = min(cfg.top_k + max_pos, n_corpus)
-        _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
-        if cfg.bm25:
-            lexical = bm25_candidates([q.text for q in queries], docs[:n_corpus], k)
-            ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
-        with atomic_write(cand_file, "wb") as fh:
-            np.save(fh, ranked.astype(np.int64))
-    timings["search_s"] = time.perf_counter() - t
+    ranked, search_key = _search(cfg, retriever, queries, docs, n_corpus, cache, on_progress)
+    timings["candidates_s"] = time.perf_counter() - t
     cands: list[list[int]] = []
     for q, row in zip(queries, ranked, strict=True):
         ids = [int(i) for i in row if i >= 0]
@@ -558,45 +601,25 @@ def run(
             ids += [doc_index[n] for n in q.negatives if doc_index[n] not in ids]
         cands.append(ids)
 
-    # Stage 2: soft labels, per query shard.
     t = time.perf_counter()
-    rerank_key = _sha(
-        [
-            reranker.name,
-            search_key,
-            _sha(docs[n_corpus:]),
-            str(cfg.query_shard_size),
-            str(cfg.include_given_negatives),
-        ]
-    )[:16]
-    pos_raw: list[np.ndarray] = []
-    cand_raw: list[np.ndarray] = []
-    size = cfg.query_shard_size
-    for i in range(math.ceil(len(queries) / size)):
-        shard_q, shard_c = queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size]
-        target = cache / f"rerank-{rerank_key}" / f"shard_{i:05d}.npz"
-        n_pos, n_cand = sum(len(q.positives) for q in shard_q), sum(len(c) for c in shard_c)
-        saved = np.load(target) if target.is_file() else None
-        if saved is not None and saved["pos"].shape == (n_pos,) and saved["cand"].shape == (n_cand,):
-            pos_flat, cand_flat = saved["pos"], saved["cand"]
-        else:
-            pos_flat, cand_flat = _rescore_shard(reranker, shard_q, shard_c, docs)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(target, "wb") as fh:
-                np.savez(fh, pos=pos_flat, cand=cand_flat)
-        pos_raw += np.split(pos_flat, np.cumsum([len(q.positives) for q in shard_q])[:-1])
-        cand_raw += np.split(cand_flat, np.cumsum([len(c) for c in shard_c])[:-1])
-        if on_progress is not None:
-            on_progress("rerank", i)
+    key = [
+        reranker.name,
+        search_key,
+        _sha(docs[n_corpus:]),
+        str(cfg.query_shard_size),
+        str(cfg.include_given_negatives),
+    ]
+    pos_raw, cand_raw = _rescore(
+        cfg, reranker, queries, cands, docs, cache / f"rerank-{_sha(key)[:16]}", on_progress
+    )
     timings["rescore_s"] = time.perf_counter() - t
 
-    # Stage 3: adaptive margin filter and selection.
+    # Stage 3: adaptive margin filter, then selection.
     pos_norm = normalise_scores(_pad(pos_raw), reranker.score_kind, cfg.normalisation)  # [Q, P]
     cand_norm = normalise_scores(_pad(cand_raw), reranker.score_kind, cfg.normalisation)  # [Q, C]
-    is_pos = np.zeros(cand_norm.shape, bool)
+    is_pos = np.zeros(cand_norm.shape, bool)  # [Q, C]
     for row, (q, ids) in enumerate(zip(queries, cands, strict=True)):
-        positives = set(q.positives)
-        is_pos[row, : len(ids)] = [docs[c] in positives for c in ids]
+        is_pos[row, : len(ids)] = [docs[c] in q.positives for c in ids]
     result = margin_filter(
         pos_norm,
         cand_norm,
@@ -604,37 +627,28 @@ def run(
         relative_margin=cfg.relative_margin,
         absolute_margin=cfg.absolute_margin,
     )
-    rank_scores = (
-        cand_norm
-        if cfg.rank_by == "teacher"
-        else np.broadcast_to(-np.arange(cand_norm.shape[1]), cand_norm.shape)
-    )
+    by_retriever = np.broadcast_to(
+        -np.arange(cand_norm.shape[1]), cand_norm.shape
+    )  # columns: retrieval order
     picks = select_negatives(
         result.keep,
-        rank_scores,
+        cand_norm if cfg.rank_by == "teacher" else by_retriever,
         num_negatives=cfg.num_negatives,
         window=(cfg.window_start, cfg.window_end),
         sampling=cfg.sampling,
         seed=cfg.seed,
     )
-    records = []
-    for row, (q, ids, cols) in enumerate(zip(queries, cands, picks, strict=True)):
-        if len(cols) < cfg.min_negatives:
-            continue
-        shown_pos, shown_neg = (
-            (pos_raw[row], cand_raw[row]) if cfg.output_scores == "raw" else (pos_norm[row], cand_norm[row])
-        )
-        records.append(
-            _record(
-                q, [docs[ids[c]] for c in cols], shown_pos[: len(q.positives)], [shown_neg[c] for c in cols]
-            )
-        )
+    shown_pos, shown_neg = (pos_raw, cand_raw) if cfg.output_scores == "raw" else (pos_norm, cand_norm)
+    records = [
+        _record(q, [docs[ids[c]] for c in cols], shown_pos[row][: len(q.positives)], shown_neg[row][cols])
+        for row, (q, ids, cols) in enumerate(zip(queries, cands, picks, strict=True))
+        if len(cols) >= cfg.min_negatives
+    ]
     with atomic_write(out) as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     timings["total_s"] = time.perf_counter() - t0
 
-    stats = _stats(queries, cands, is_pos, ranked, result, picks, records, cfg)
     manifest = {
         "command": "mine",
         "train": str(train),
@@ -646,10 +660,10 @@ def run(
             "reranker_score_kind": reranker.score_kind,
         },
         "config": to_dict(cfg),
-        "counts": stats,
+        "counts": _stats(queries, cands, is_pos, ranked, result, picks, records, cfg),
         "anna_embed_version": __version__,
         "output_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "timings": timings,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     manifest["summary"] = _summary(manifest, n_corpus, len(docs) - n_corpus)
     for line in manifest["summary"]:
