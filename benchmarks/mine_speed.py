@@ -1,0 +1,188 @@
+"""Mining speed: candidate search vs corpus size (exact and approximate faiss indexes) and teacher cost.
+
+Part 1 builds each index over N synthetic unit vectors (clustered Gaussians, dim 384 like MiniLM) and
+times the build and a top-k search for 1,000 queries; recall@k of the approximate indexes is measured
+against the exact one. Part 2 times the teachers on real SciFact text: the retriever per 1,000 queries
+and per 1,000 documents, each reranker per 1,000 (query, document) pairs, extrapolated from a sample.
+
+Usage:
+    OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/mine_speed.py \
+        --sizes 10000 100000 1000000 --out docs/mining/mine_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from anna_embed.mine import MineConfig, build_index
+
+logger = logging.getLogger("mine_speed")
+SCIFACT = Path("/work/shared/data/mteb/SciFact")
+#: Index variants timed at each size (MineConfig fields).
+VARIANTS: list[tuple[str, dict[str, int]]] = [
+    ("flat", {}),
+    ("ivf", {"ivf_nprobe": 16}),
+    ("ivf", {"ivf_nprobe": 64}),
+    ("hnsw", {"ef_search": 128}),
+]
+
+
+def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
+    """``[n, dim]`` unit vectors around 1,000 random centres (streamed in chunks to bound memory)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(1000, dim)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        x = centres[rng.integers(1000, size=m)] + 0.7 * rng.normal(size=(m, dim)).astype(np.float32)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def bench_search(sizes: list[int], *, dim: int, k: int, n_queries: int, hnsw_max: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        d_emb = synthetic(n, dim, seed=n)
+        rng = np.random.default_rng(1)
+        q_emb = d_emb[rng.choice(n, n_queries, replace=False)] + 0.3 * rng.normal(size=(n_queries, dim))
+        q_emb = (q_emb / np.linalg.norm(q_emb, axis=1, keepdims=True)).astype(np.float32)
+        exact = None
+        for kind, options in VARIANTS:
+            if kind == "hnsw" and n > hnsw_max:
+                logger.info("skip hnsw at %d (> --hnsw-max %d)", n, hnsw_max)
+                continue
+            t = time.perf_counter()
+            index = build_index(d_emb, MineConfig(index=kind, **options))
+            build_s = time.perf_counter() - t
+            t = time.perf_counter()
+            _, ids = index.search(q_emb, k)
+            search_s = time.perf_counter() - t
+            if kind == "flat":
+                exact = ids
+            recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(ids, exact, strict=True)]))
+            row = {
+                "n": n,
+                "index": kind + "".join(f" {key}={value}" for key, value in options.items()),
+                "build_s": round(build_s, 3),
+                "search_s_per_1k_queries": round(search_s * 1000 / n_queries, 3),
+                "recall_at_k_vs_exact": round(recall, 4),
+            }
+            logger.info("%s", row)
+            rows.append(row)
+            del index
+    return rows
+
+
+def _texts(n: int) -> tuple[list[str], list[str]]:
+    from anna_embed.convert import document_text
+    from anna_embed.io import read_jsonl
+
+    queries = [r["text"] for r in read_jsonl(SCIFACT / "queries_train.jsonl")][:n]
+    docs = [document_text(r) for r in read_jsonl(SCIFACT / "corpus.jsonl")[:n]]
+    return queries, docs
+
+
+def _tiny_minilm_cross_encoder(folder: Path) -> str:
+    """A MiniLM-L6-sized cross-encoder (the ms-marco-MiniLM-L-6-v2 architecture) with a random head.
+
+    Only its speed means anything: no cross-encoder weights are available offline.
+    """
+    from sentence_transformers import CrossEncoder
+
+    from anna_embed.models import resolve
+
+    model = CrossEncoder(str(resolve("all-minilm-l6-v2")), num_labels=1, device="cpu")
+    model.save(str(folder))
+    return str(folder)
+
+
+def bench_teachers(sample: int, max_length: int, scratch: Path) -> list[dict]:
+    from anna_embed import teachers
+
+    queries, docs = _texts(sample)
+    pairs_q, pairs_d = queries, docs[: len(queries)]
+    rows = []
+
+    def timed(label: str, unit: str, fn, n: int) -> None:
+        fn()  # warm-up on the same inputs (first-call overheads, lazy init)
+        t = time.perf_counter()
+        fn()
+        secs = time.perf_counter() - t
+        rows.append({"teacher": label, "unit": unit, "sample": n, "s_per_1k": round(secs * 1000 / n, 2)})
+        logger.info("%s", rows[-1])
+
+    retriever = teachers.load_retriever("all-minilm-l6-v2", max_length=max_length)
+    timed(
+        "retriever bi:all-minilm-l6-v2",
+        "queries",
+        lambda: retriever.encode_queries(queries, task="SciFact"),
+        len(queries),
+    )
+    timed("retriever bi:all-minilm-l6-v2", "documents", lambda: retriever.encode_documents(docs), len(docs))
+    specs = [
+        "bi:all-mpnet-base-v2",
+        f"cross:{_tiny_minilm_cross_encoder(scratch / 'cross')}",
+        "judge:smollm2-135m-instruct",
+    ]
+    labels = [
+        "bi:all-mpnet-base-v2 (uncached)",
+        "cross: MiniLM-L6 architecture, random head",
+        "judge:smollm2-135m-instruct",
+    ]
+    for spec, label in zip(specs, labels, strict=True):
+        reranker = teachers.load_reranker(spec, max_length=max_length)
+
+        def score(r=reranker):
+            if isinstance(r, teachers.BiEncoder):
+                r._cache.clear()  # time the real encoding, not the cache
+            return r.score(pairs_q, pairs_d, task="SciFact")
+
+        timed(f"reranker {label}", "pairs", score, len(pairs_q))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--hnsw-max", type=int, default=1_000_000, help="skip HNSW above this size")
+    parser.add_argument("--teacher-sample", type=int, default=64, help="texts/pairs timed per teacher")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--skip-teachers", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("outputs/mine_speed.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    import faiss
+
+    result = {
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "faiss_threads": faiss.omp_get_max_threads(),
+            "python": platform.python_version(),
+            "faiss": faiss.__version__,
+        },
+        "search": bench_search(
+            args.sizes, dim=args.dim, k=args.k, n_queries=args.queries, hnsw_max=args.hnsw_max
+        ),
+    }
+    if not args.skip_teachers:
+        scratch = args.out.parent / "mine_speed_scratch"
+        result["teachers"] = bench_teachers(args.teacher_sample, args.max_length, scratch)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
