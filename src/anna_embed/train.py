@@ -258,7 +258,12 @@ class Trainer:
 
         self.cfg = cfg
         self.run_dir = Path(cfg.run.output_dir)
-        self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision)
+        # cpu=True without CUDA: accelerate then sets up gloo under torchrun (2 CPU processes in the tests)
+        self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=not torch.cuda.is_available())
+        ds = self.acc.state.deepspeed_plugin
+        if ds is not None:  # no DataLoader is prepared, so DeepSpeed cannot infer the batch size itself
+            ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
+            ds.deepspeed_config["train_batch_size"] = cfg.optim.batch_size * self.acc.num_processes
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         torch.manual_seed(cfg.run.seed)
         if not cfg.data.sources:
@@ -328,8 +333,6 @@ class Trainer:
         rows = [t if t is not None else [0.0] * g for t in batch.teacher_scores]
         teacher = torch.tensor(rows, dtype=torch.float32, device=self.acc.device)  # [B, G]
         mask = torch.tensor([t is not None for t in batch.teacher_scores], device=self.acc.device)  # [B]
-        texts = batch.queries + batch.documents
-        n_q = len(batch.queries)
         chunk = self.cfg.loss.grad_cache_chunk
         if chunk > 0:
 
@@ -346,8 +349,10 @@ class Trainer:
                 lambda q, d: self._loss(q, d, batch, teacher, mask),
                 no_sync=lambda: self.acc.no_sync(self.module),
             )
-        emb = self.module(**self.emb.tokenize(texts))  # [B + B*G, D], one forward (DDP-friendly)
-        out: LossOutput = self._loss(emb[:n_q], emb[n_q:], batch, teacher, mask)
+        # queries and documents in separate forwards, so short queries are not padded to document length
+        q_emb = self.module(**self.emb.tokenize(batch.queries))  # [B, D]
+        d_emb = self.module(**self.emb.tokenize(batch.documents))  # [B * G, D]
+        out: LossOutput = self._loss(q_emb, d_emb, batch, teacher, mask)
         if torch.isfinite(out.loss):
             self.acc.backward(out.loss)
         return out
