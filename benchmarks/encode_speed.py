@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_TEXTS = Path(__file__).resolve().parents[1] / "src" / "anna_embed" / "demo_data" / "eval_sts.jsonl"
+DEFAULT_TEXTS = (
+    Path(__file__).resolve().parents[1] / "src" / "anna_embed" / "demo_data" / "train" / "qnli.jsonl"
+)
 
 
 def load_texts(path: Path, n: int) -> list[str]:
@@ -91,32 +93,51 @@ def main() -> None:
     minilm_st = SentenceTransformer(str(resolve("all-minilm-l6-v2")), device="cpu")
     minilm = Embedder.from_pretrained("all-minilm-l6-v2", dtype="float32")
     minilm_auto = Embedder.from_pretrained("all-minilm-l6-v2", dtype="auto")
-    results["minilm"] = compare("all-MiniLM-L6-v2", len(texts), {
-        "sentence-transformers encode (fp32)": lambda: minilm_st.encode(texts, batch_size=bs),
-        "anna-embed encode (fp32)": lambda: minilm.encode(texts, batch_size=bs),
-        f"anna-embed encode (dtype=auto: {minilm_auto.model.dtype})": lambda: minilm_auto.encode(
-            texts, batch_size=bs),
-    }, args.repeats)
+    results["minilm"] = compare(
+        "all-MiniLM-L6-v2",
+        len(texts),
+        {
+            "sentence-transformers encode (fp32)": lambda: minilm_st.encode(texts, batch_size=bs),
+            "anna-embed encode (fp32)": lambda: minilm.encode(texts, batch_size=bs),
+            f"anna-embed encode (dtype=auto: {minilm_auto.model.dtype})": lambda: minilm_auto.encode(
+                texts, batch_size=bs
+            ),
+        },
+        args.repeats,
+    )
 
     smol = Embedder.from_pretrained("smollm2-135m-instruct", dtype="float32")
     smol_auto = Embedder.from_pretrained("smollm2-135m-instruct", dtype="auto")
     with tempfile.TemporaryDirectory() as tmp:
         smol_st = SentenceTransformer(str(smol.save(Path(tmp) / "smol")), device="cpu")
-        results["smollm2"] = compare("SmolLM2-135M-Instruct, last-token pooling", len(texts), {
-            "sentence-transformers encode (fp32)": lambda: smol_st.encode(texts, batch_size=bs),
-            "anna-embed encode (fp32)": lambda: smol.encode(texts, batch_size=bs),
-            f"anna-embed encode (dtype=auto: {smol_auto.model.dtype})": lambda: smol_auto.encode(
-                texts, batch_size=bs),
-        }, args.repeats)
+        results["smollm2"] = compare(
+            "SmolLM2-135M-Instruct, last-token pooling",
+            len(texts),
+            {
+                "sentence-transformers encode (fp32)": lambda: smol_st.encode(texts, batch_size=bs),
+                "anna-embed encode (fp32)": lambda: smol.encode(texts, batch_size=bs),
+                f"anna-embed encode (dtype=auto: {smol_auto.model.dtype})": lambda: smol_auto.encode(
+                    texts, batch_size=bs
+                ),
+            },
+            args.repeats,
+        )
 
     examples = [(texts[i], texts[i + 1]) for i in range(0, 2 * args.shots, 2)]
-    queries = texts[2 * args.shots:][: max(64, len(texts) // 4)]
+    queries = texts[2 * args.shots :][: max(64, len(texts) // 4)]
     prefix = smol.query_prefix("STSBenchmark", examples=examples)
     n_prefix = len(smol.tokenizer(prefix)["input_ids"])
-    results["icl"] = compare(f"SmolLM2 queries with {args.shots} shots (prefix {n_prefix} tokens)", len(queries), {
-        "full recomputation": lambda: smol.encode(queries, prefix=prefix, batch_size=bs, prefix_cache=False),
-        "prefix KV cache": lambda: smol.encode(queries, prefix=prefix, batch_size=bs, prefix_cache=True),
-    }, args.repeats)
+    results["icl"] = compare(
+        f"SmolLM2 queries with {args.shots} shots (prefix {n_prefix} tokens)",
+        len(queries),
+        {
+            "full recomputation": lambda: smol.encode(
+                queries, prefix=prefix, batch_size=bs, prefix_cache=False
+            ),
+            "prefix KV cache": lambda: smol.encode(queries, prefix=prefix, batch_size=bs, prefix_cache=True),
+        },
+        args.repeats,
+    )
 
     print("\nratios (higher is better):")
     m, s, i = results["minilm"], results["smollm2"], results["icl"]
@@ -125,7 +146,10 @@ def main() -> None:
     print(f"  MiniLM  anna-embed auto / s-t fp32:    x{st_m / list(m.values())[2]:.2f}")
     print(f"  SmolLM2 anna-embed fp32 / s-t fp32:    x{st_s / s['anna-embed encode (fp32)']:.2f}")
     print(f"  SmolLM2 anna-embed auto / s-t fp32:    x{st_s / list(s.values())[2]:.2f}")
-    print(f"  ICL prefix cache / full ({args.shots} shots):  x{i['full recomputation'] / i['prefix KV cache']:.2f}")
+    print(
+        f"  ICL prefix cache / full ({args.shots} shots):  "
+        f"x{i['full recomputation'] / i['prefix KV cache']:.2f}"
+    )
 
 
 if __name__ == "__main__":
