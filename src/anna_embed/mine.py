@@ -74,7 +74,8 @@ class MineConfig:
         shard_size: Corpus documents per cached embedding shard.
         query_shard_size: Queries per cached rescoring shard.
         batch_size: Teacher batch size.
-        max_length: Teacher truncation length in tokens (None: the model's).
+        max_length: Retriever truncation length in tokens (None: the model's).
+        reranker_max_length: Reranker truncation length (None: ``max_length``).
         seed: Seed of random sampling; query ``i`` uses ``(seed, i)``.
         output_scores: Write ``raw`` teacher scores or the ``normalised`` ones.
     """
@@ -104,6 +105,7 @@ class MineConfig:
     query_shard_size: int = 256
     batch_size: int = 32
     max_length: int | None = 256
+    reranker_max_length: int | None = None
     seed: int = 0
     output_scores: Literal["raw", "normalised"] = "raw"
 
@@ -390,7 +392,7 @@ def build_index(d_emb: np.ndarray, cfg: MineConfig) -> Any:
         nlist = cfg.ivf_nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng((cfg.seed, n))
-        sample = d_emb[np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))]
+        sample = d_emb[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
         index.train(sample)
         index.nprobe = cfg.ivf_nprobe
     else:
@@ -586,9 +588,12 @@ def run(
         if neg not in doc_index:
             doc_index[neg] = len(docs)
             docs.append(neg)
-    kw = {"batch_size": cfg.batch_size, "max_length": cfg.max_length}
-    retriever = retriever or teachers.load_retriever(cfg.retriever, **kw)
-    reranker = reranker or teachers.load_reranker(cfg.reranker, **kw)
+    retriever = retriever or teachers.load_retriever(
+        cfg.retriever, batch_size=cfg.batch_size, max_length=cfg.max_length
+    )
+    reranker = reranker or teachers.load_reranker(
+        cfg.reranker, batch_size=cfg.batch_size, max_length=cfg.reranker_max_length or cfg.max_length
+    )
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -798,6 +803,7 @@ _FLAGS = {
     "seed": int,
     "batch_size": int,
     "max_length": str,
+    "reranker_max_length": str,
     "shard_size": int,
 }
 
