@@ -57,7 +57,7 @@ class MineConfig:
         index: ``flat`` (exact inner product), ``hnsw`` or ``ivf`` (approximate, for ~1M+ documents).
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth.
-        ivf_nlist: IVF cells (None: ``4 * sqrt(N)``).
+        ivf_nlist: IVF cells (None: ``sqrt(N)``).
         ivf_nprobe: IVF cells visited per query.
         bm25: Fuse BM25 candidates with the dense ones (reciprocal-rank fusion).
         rrf_k: RRF constant: a document at 1-based rank r in a list adds ``1 / (rrf_k + r)``.
@@ -389,7 +389,7 @@ def build_index(d_emb: np.ndarray, cfg: MineConfig) -> Any:
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = cfg.ef_search
     elif cfg.index == "ivf":
-        nlist = cfg.ivf_nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
+        nlist = cfg.ivf_nlist or max(1, min(n // 39, int(math.sqrt(n))))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng((cfg.seed, n))
         sample = d_emb[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
