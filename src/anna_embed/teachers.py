@@ -76,6 +76,11 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def _check_pairs(queries: Sequence[str], documents: Sequence[str]) -> None:
+    if len(queries) != len(documents):
+        raise ValueError(f"{len(queries)} queries for {len(documents)} documents")
+
+
 def _text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
@@ -152,7 +157,7 @@ class BiEncoder:
                 vecs = self.encode_documents(new_texts, task=task)
             for key, vec in zip(missing, vecs, strict=True):
                 self._cache[key] = vec
-        return np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+        return np.stack([self._cache[k] for k in keys])
 
     def score(
         self,
@@ -163,8 +168,7 @@ class BiEncoder:
         instruction: str | None = None,
     ) -> np.ndarray:
         """Cosine similarity per pair; each distinct text is encoded once per teacher lifetime."""
-        if len(queries) != len(documents):
-            raise ValueError(f"{len(queries)} queries for {len(documents)} documents")
+        _check_pairs(queries, documents)
         if not queries:
             return np.zeros(0, np.float32)
         q_emb = self._cached(queries, "query", task, instruction)  # [N, D]
@@ -213,8 +217,7 @@ class CrossEncoderReranker:
         """Raw relevance logits; ``task``/``instruction`` are ignored (cross-encoders take no prompt)."""
         import torch
 
-        if len(queries) != len(documents):
-            raise ValueError(f"{len(queries)} queries for {len(documents)} documents")
+        _check_pairs(queries, documents)
         if not queries:
             return np.zeros(0, np.float32)
         pairs = list(zip(queries, documents, strict=True))
@@ -330,8 +333,7 @@ class LLMJudgeReranker:
         """``logit(yes) - logit(no)`` at the last prompt position, per pair."""
         import torch
 
-        if len(queries) != len(documents):
-            raise ValueError(f"{len(queries)} queries for {len(documents)} documents")
+        _check_pairs(queries, documents)
         if instruction is None and task is not None:
             from anna_embed.tasks import get_task
 
