@@ -282,6 +282,19 @@ def test_grad_cache_step_gradients_equal_plain(tiny: dict[str, Path], tmp_path: 
         assert torch.allclose(plain[k], cached[k], atol=1e-5, rtol=1e-3), k  # padding differs per chunk
 
 
+def test_gradient_checkpointing_and_full_finetuning(tiny: dict[str, Path], tmp_path: Path) -> None:
+    loss_a, plain = _step_grads(_cfg(tiny, tmp_path / "a", "lora.dropout=0.0"))
+    loss_b, ckpt = _step_grads(
+        _cfg(tiny, tmp_path / "b", "lora.dropout=0.0", "model.gradient_checkpointing=true")
+    )
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for k in plain:
+        assert torch.allclose(plain[k], ckpt[k], atol=1e-6, rtol=1e-4), k
+    _, full = _step_grads(_cfg(tiny, tmp_path / "c", "lora.enabled=false"))
+    assert "layers.0.mlp.up_proj.weight" in full and all("lora" not in k for k in full)
+    assert full["layers.0.self_attn.q_proj.weight"].abs().sum() > 0
+
+
 def test_collator_strings_equal_what_encode_queries_builds(tiny: dict[str, Path]) -> None:
     from anna_embed.embedder import Embedder
 

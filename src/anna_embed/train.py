@@ -404,12 +404,12 @@ class Trainer:
                 )
             if cfg.optim.grad_clip > 0:
                 self.acc.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+            lr = self.scheduler.get_last_lr()[0]  # the rate this update uses
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             ex_last += self.global_batch
-            lr = self.scheduler.get_last_lr()[0]
             if self.acc.is_main_process and (self.step % cfg.run.log_every == 0 or self.step == 1):
                 now = time.perf_counter()
                 row = {
