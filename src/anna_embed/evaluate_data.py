@@ -506,7 +506,7 @@ def inject(task: Any, folder: Path, *, limit: int | None = None) -> None:
     elif ttype == "Classification":
         train_split = getattr(task, "train_split", "train")
         test = read_classification(folder, "test", limit)
-        train = read_classification(folder, train_split)
+        train = read_classification(folder, train_split, None if limit is None else 10 * limit)
         missing = [lang for lang in test if lang not in train]
         if missing:
             raise TaskFolderError(folder / f"{train_split}.jsonl", None, f"no training records for {missing}")
