@@ -676,8 +676,21 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     evals = [r for r in rows if "eval_spearman" in r]
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(10 if evals else 6, 4), squeeze=False)
     ax = axes[0][0]
-    for key in ("loss", "contrastive", "kl"):
-        ax.plot([r["step"] for r in train_rows], [r[key] for r in train_rows], label=key)
+    for task in sorted({r.get("task", "") for r in train_rows}):  # tasks differ in scale: one line each
+        mine = [r for r in train_rows if r.get("task", "") == task]
+        line = ax.plot(
+            [r["step"] for r in mine], [r["loss"] for r in mine], marker="o", ms=3, label=f"{task} loss"
+        )[0]
+        if any(r["kl"] > 0 for r in mine):
+            ax.plot(
+                [r["step"] for r in mine],
+                [r["kl"] for r in mine],
+                ls="--",
+                marker="x",
+                ms=3,
+                color=line.get_color(),
+                label=f"{task} KL part",
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
