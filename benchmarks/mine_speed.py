@@ -49,38 +49,54 @@ def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
     return out
 
 
+def _bench_variants(d_emb: np.ndarray, q_emb: np.ndarray, *, k: int, hnsw_max: int, data: str) -> list[dict]:
+    """Build every index variant over ``d_emb``, search ``q_emb``; recall@k against the flat index."""
+    n, rows, exact = len(d_emb), [], None
+    for kind, options in VARIANTS:
+        if kind == "hnsw" and n > hnsw_max:
+            logger.info("skip hnsw at %d (> --hnsw-max %d)", n, hnsw_max)
+            continue
+        t = time.perf_counter()
+        index = build_index(d_emb, MineConfig(index=kind, **options))
+        build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        _, ids = index.search(q_emb, k)
+        search_s = time.perf_counter() - t
+        if kind == "flat":
+            exact = ids
+        recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(ids, exact, strict=True)]))
+        row = {
+            "data": data,
+            "n": n,
+            "index": kind + "".join(f" {key}={value}" for key, value in options.items()),
+            "build_s": round(build_s, 3),
+            "search_s_per_1k_queries": round(search_s * 1000 / len(q_emb), 3),
+            "recall_at_k_vs_exact": round(recall, 4),
+        }
+        logger.info("%s", row)
+        rows.append(row)
+        del index
+    return rows
+
+
 def bench_search(sizes: list[int], *, dim: int, k: int, n_queries: int, hnsw_max: int) -> list[dict]:
+    """Synthetic corpora of each size; queries are noisy copies of random documents."""
     rows = []
     for n in sizes:
         d_emb = synthetic(n, dim, seed=n)
         rng = np.random.default_rng(1)
         q_emb = d_emb[rng.choice(n, n_queries, replace=False)] + 0.3 * rng.normal(size=(n_queries, dim))
         q_emb = (q_emb / np.linalg.norm(q_emb, axis=1, keepdims=True)).astype(np.float32)
-        exact = None
-        for kind, options in VARIANTS:
-            if kind == "hnsw" and n > hnsw_max:
-                logger.info("skip hnsw at %d (> --hnsw-max %d)", n, hnsw_max)
-                continue
-            t = time.perf_counter()
-            index = build_index(d_emb, MineConfig(index=kind, **options))
-            build_s = time.perf_counter() - t
-            t = time.perf_counter()
-            _, ids = index.search(q_emb, k)
-            search_s = time.perf_counter() - t
-            if kind == "flat":
-                exact = ids
-            recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(ids, exact, strict=True)]))
-            row = {
-                "n": n,
-                "index": kind + "".join(f" {key}={value}" for key, value in options.items()),
-                "build_s": round(build_s, 3),
-                "search_s_per_1k_queries": round(search_s * 1000 / n_queries, 3),
-                "recall_at_k_vs_exact": round(recall, 4),
-            }
-            logger.info("%s", row)
-            rows.append(row)
-            del index
+        rows += _bench_variants(d_emb, q_emb, k=k, hnsw_max=hnsw_max, data="synthetic")
     return rows
+
+
+def bench_real(shards: list[Path], *, k: int, n_queries: int) -> list[dict]:
+    """Real embeddings (e.g. a mining run's cached corpus shards); queries: a seeded sample of them."""
+    d_emb = np.concatenate([np.load(p) for p in sorted(shards)]).astype(np.float32)
+    rng = np.random.default_rng(1)
+    q_emb = d_emb[rng.choice(len(d_emb), min(n_queries, len(d_emb)), replace=False)]
+    return _bench_variants(d_emb, q_emb, k=k, hnsw_max=len(d_emb), data=f"real: {shards[0].parent}")
 
 
 def _judged_pairs(n_queries: int, n_candidates: int) -> tuple[list[str], list[str], int]:
@@ -186,6 +202,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--skip-teachers", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument(
+        "--real", type=Path, nargs="*", default=[], help=".npy embedding shards to search too"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/mine_speed.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -204,6 +223,8 @@ def main() -> None:
         result["search"] = bench_search(
             args.sizes, dim=args.dim, k=args.k, n_queries=args.queries, hnsw_max=args.hnsw_max
         )
+    if args.real:
+        result["search_real"] = bench_real(args.real, k=args.k, n_queries=args.queries)
     if not args.skip_teachers:
         scratch = args.out.parent / "mine_speed_scratch"
         result["teachers"] = bench_teachers(args.teacher_queries, args.max_length, scratch)
