@@ -74,8 +74,12 @@ def test_borda_and_means_reproduce_the_published_leaderboard():
         tied = sorted(r["borda_rank_183pool"] for r in ref.values() if r["borda_points"] == pts)
         # the reference numbers tied models one after the other; the rule ('min') gives them the block's best
         assert out[model][1] == tied[0], model
-    assert sum(len([r for r in ref.values() if r["borda_points"] == v["borda_points"]]) > 1
-               for v in ref.values()) >= 2  # the reference does contain ties
+    assert (
+        sum(
+            len([r for r in ref.values() if r["borda_points"] == v["borda_points"]]) > 1 for v in ref.values()
+        )
+        >= 2
+    )  # the reference does contain ties
     tasks_by_type = json.loads((REFERENCE.parent / "mteb_eng_v2_tasks.json").read_text())["tasks_by_type"]
     types = {t: ty for ty, names in tasks_by_type.items() for t in names}
     complete = [m for m, v in ref.items() if all(t in v["per_task"] for t in types)]
@@ -98,8 +102,11 @@ def test_main_score_picks_the_benchmark_subset():
 
 
 def test_leaderboard_ranks_result_folders(tmp_path):
-    for model, scores in {"m1": {"STS12": 0.7, "SciFact": 0.6}, "m2": {"STS12": 0.8, "SciFact": 0.5},
-                          "m3": {"STS12": 0.6}}.items():
+    for model, scores in {
+        "m1": {"STS12": 0.7, "SciFact": 0.6},
+        "m2": {"STS12": 0.8, "SciFact": 0.5},
+        "m3": {"STS12": 0.6},
+    }.items():
         folder = tmp_path / model
         folder.mkdir()
         (folder / "run.json").write_text(json.dumps({"model": model}))

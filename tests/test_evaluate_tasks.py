@@ -40,8 +40,16 @@ def test_every_task_type_runs_end_to_end(tmp_path, backend):
     from anna_embed.evaluate import run_eval
 
     out = tmp_path / "run"
-    run = run_eval("tiny-llama", list(ALL_TASKS), data_dir=FIXTURES, output=out, backend=backend,
-                   shots=2, batch_size=8, show_progress=False)
+    run = run_eval(
+        "tiny-llama",
+        list(ALL_TASKS),
+        data_dir=FIXTURES,
+        output=out,
+        backend=backend,
+        shots=2,
+        batch_size=8,
+        show_progress=False,
+    )
     assert run["types"] == ALL_TASKS
     for task in ALL_TASKS:
         data = json.loads((out / f"{task}.json").read_text())
@@ -50,7 +58,8 @@ def test_every_task_type_runs_end_to_end(tmp_path, backend):
         assert score is not None and np.isfinite(score), task
         assert -100.0 <= score <= 100.0
     assert {"summary.md", "summary.csv", "summary.png", "run.json", "model_meta.json"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     summary = (out / "summary.md").read_text()
     assert "Mean(TaskType)" in summary and "MyRetrieval" in summary
     assert run["mean_task"] == pytest.approx(np.mean(list(run["scores"].values())))
@@ -64,13 +73,27 @@ def test_cache_makes_a_rerun_encode_nothing(tmp_path, backend):
     from anna_embed.evaluate import run_eval
 
     cache = tmp_path / "emb.sqlite"
-    first = run_eval("tiny", ["STSBenchmark"], data_dir=FIXTURES, output=tmp_path / "a", backend=backend,
-                     cache_dir=cache, show_progress=False)
+    first = run_eval(
+        "tiny",
+        ["STSBenchmark"],
+        data_dir=FIXTURES,
+        output=tmp_path / "a",
+        backend=backend,
+        cache_dir=cache,
+        show_progress=False,
+    )
     calls = []
     original = backend.encode
     backend.encode = lambda texts, prefix, bs: calls.append(len(texts)) or original(texts, prefix, bs)
-    second = run_eval("tiny", ["STSBenchmark"], data_dir=FIXTURES, output=tmp_path / "b", backend=backend,
-                      cache_dir=cache, show_progress=False)
+    second = run_eval(
+        "tiny",
+        ["STSBenchmark"],
+        data_dir=FIXTURES,
+        output=tmp_path / "b",
+        backend=backend,
+        cache_dir=cache,
+        show_progress=False,
+    )
     assert calls == []
     assert second["scores"] == first["scores"]
 
@@ -120,8 +143,11 @@ def test_loaded_structures_match_what_mteb_expects():
 def test_registry_names_map_to_folders_and_subsets(tmp_path):
     folder = tmp_path / "STS17"
     folder.mkdir()
-    rows = [{"lang": lang, "sentence1": f"a {i}", "sentence2": f"b {i}", "score": float(i % 5)}
-            for lang in ("en-en", "ko-ko") for i in range(6)]
+    rows = [
+        {"lang": lang, "sentence1": f"a {i}", "sentence2": f"b {i}", "score": float(i % 5)}
+        for lang in ("en-en", "ko-ko")
+        for i in range(6)
+    ]
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = load_task("STS17", tmp_path).task
     assert task.hf_subsets == ["en-en"] and len(task.dataset["en-en"]["test"]) == 6
@@ -136,8 +162,15 @@ def test_limit_truncates_and_is_marked(tmp_path, backend):
 
     lt = load_task("STSBenchmark", FIXTURES, limit=5)
     assert len(lt.task.dataset["test"]) == 5
-    run = run_eval("tiny", ["STSBenchmark"], data_dir=FIXTURES, output=tmp_path, backend=backend, limit=5,
-                   show_progress=False)
+    run = run_eval(
+        "tiny",
+        ["STSBenchmark"],
+        data_dir=FIXTURES,
+        output=tmp_path,
+        backend=backend,
+        limit=5,
+        show_progress=False,
+    )
     assert run["comparable"] is False
     assert "NOT comparable" in (tmp_path / "summary.md").read_text()
 
@@ -201,8 +234,9 @@ def test_minilm_reproduces_the_published_sts17_score(tmp_path):
     from anna_embed.models import ModelNotAvailableError
 
     try:
-        run = run_eval("all-minilm-l6-v2", ["STS17"], data_dir=MTEB_DATA, output=tmp_path,
-                       show_progress=False)
+        run = run_eval(
+            "all-minilm-l6-v2", ["STS17"], data_dir=MTEB_DATA, output=tmp_path, show_progress=False
+        )
     except ModelNotAvailableError as err:
         pytest.skip(str(err))
     assert abs(run["scores"]["STS17"] - 87.59) <= 0.3

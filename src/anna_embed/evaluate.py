@@ -164,16 +164,25 @@ def read_results(folder: str | Path) -> tuple[str, dict[str, float | None], dict
 
 def summary_rows(scores: Mapping[str, float | None], types: Mapping[str, str]) -> list[dict[str, Any]]:
     """One row per task, sorted by type then name."""
-    return [{"task": t, "type": types[t], "main_score": scores.get(t)}
-            for t in sorted(scores, key=lambda t: (types[t], t))]
+    return [
+        {"task": t, "type": types[t], "main_score": scores.get(t)}
+        for t in sorted(scores, key=lambda t: (types[t], t))
+    ]
 
 
 def _fmt(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
-def write_summary(out: Path, model: str, scores: Mapping[str, float | None], types: Mapping[str, str],
-                  *, notes: Mapping[str, str] | None = None, limit: int | None = None) -> dict[str, Any]:
+def write_summary(
+    out: Path,
+    model: str,
+    scores: Mapping[str, float | None],
+    types: Mapping[str, str],
+    *,
+    notes: Mapping[str, str] | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """Write ``summary.md``, ``summary.csv`` and ``summary.png``; return the aggregate numbers."""
     notes = notes or {}
     per_type = mean_per_type(scores, types)
@@ -192,10 +201,16 @@ def write_summary(out: Path, model: str, scores: Mapping[str, float | None], typ
     if limit is not None:
         lines += [f"**--limit {limit}: smoke run on a subsample, NOT comparable to published scores.**", ""]
     lines += ["| task | type | main score | note |", "|---|---|---:|---|"]
-    lines += [f"| {r['task']} | {r['type']} | {_fmt(r['main_score'])} | {notes.get(r['task'], '')} |"
-              for r in rows]
-    lines += ["", "| aggregate | score |", "|---|---:|", f"| Mean(Task) | {_fmt(agg['mean_task'])} |",
-              f"| Mean(TaskType) | {_fmt(agg['mean_type'])} |"]
+    lines += [
+        f"| {r['task']} | {r['type']} | {_fmt(r['main_score'])} | {notes.get(r['task'], '')} |" for r in rows
+    ]
+    lines += [
+        "",
+        "| aggregate | score |",
+        "|---|---:|",
+        f"| Mean(Task) | {_fmt(agg['mean_task'])} |",
+        f"| Mean(TaskType) | {_fmt(agg['mean_type'])} |",
+    ]
     lines += [f"| {t} (mean) | {_fmt(v)} |" for t, v in sorted(per_type.items())]
     with atomic_write(out / "summary.md") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -215,8 +230,11 @@ def bar_chart(path: Path, title: str, rows: Sequence[Mapping[str, Any]], *, limi
         return
     colours = {t: plt.get_cmap("tab10")(i) for i, t in enumerate(TASK_TYPES)}
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
-    ax.barh([r["task"] for r in rows], [r["main_score"] for r in rows],
-            color=[colours.get(r["type"], "grey") for r in rows])
+    ax.barh(
+        [r["task"] for r in rows],
+        [r["main_score"] for r in rows],
+        color=[colours.get(r["type"], "grey") for r in rows],
+    )
     for i, r in enumerate(rows):
         ax.text(r["main_score"], i, f" {r['main_score']:.2f}", va="center", fontsize=8)
     ax.invert_yaxis()
@@ -296,8 +314,11 @@ def run_eval(
     for name in tasks:  # read every folder first: a bad file fails before any encoding
         lt = load_task(name, data_dir, limit=limit, type_=task_type_override)
         local[lt.name] = lt
-    be = backend if not isinstance(backend, str) else load_backend(
-        model, backend, dtype=dtype, max_length=max_length, instructions=instructions)  # type: ignore[arg-type]
+    be = (
+        backend
+        if not isinstance(backend, str)
+        else load_backend(model, backend, dtype=dtype, max_length=max_length, instructions=instructions)
+    )  # type: ignore[arg-type]
     examples, sources = {}, {}
     for name, lt in local.items():
         pool, source = example_pool(lt) if shots > 0 else ([], "")
@@ -306,8 +327,15 @@ def run_eval(
         if shots > 0 and len(examples[name]) < shots:
             logger.warning("%s: %d of %d shots (%s)", name, len(examples[name]), shots, source)
     cache = EmbeddingCache(Path(cache_dir) if cache_dir else out / "cache" / "embeddings.sqlite")
-    enc = EvalEncoder(be, tasks=local, examples=examples, cache=cache, model_name=model.strip("/"),
-                      batch_size=batch_size, show_progress=show_progress)
+    enc = EvalEncoder(
+        be,
+        tasks=local,
+        examples=examples,
+        cache=cache,
+        model_name=model.strip("/"),
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
     logger.info("Loaded %d task(s) and the model in %.1fs", len(local), time.monotonic() - t_load)
     scores: dict[str, float | None] = {}
     timing: dict[str, float] = {}
@@ -316,8 +344,15 @@ def run_eval(
         t0 = time.monotonic()
         logger.info("Evaluating %s (%s, %s)", name, lt.type, lt.folder or "hub")
         try:
-            res = mteb.evaluate(enc, [lt.task], cache=None, overwrite_strategy="always", co2_tracker=False,
-                                show_progress_bar=False, encode_kwargs={"batch_size": batch_size})
+            res = mteb.evaluate(
+                enc,
+                [lt.task],
+                cache=None,
+                overwrite_strategy="always",
+                co2_tracker=False,
+                show_progress_bar=False,
+                encode_kwargs={"batch_size": batch_size},
+            )
         except Exception as err:
             if lt.folder is not None:
                 raise
@@ -331,20 +366,38 @@ def run_eval(
         tmp.replace(out / f"{name}.json")
         scores[name] = main_score(json.loads((out / f"{name}.json").read_text()))
         timing[name] = round(time.monotonic() - t0, 1)
-        logger.info("%s: main score %s (%.0fs; cache %d hits, %d misses so far)", name, _fmt(scores[name]),
-                    timing[name], cache.hits, cache.misses)
+        logger.info(
+            "%s: main score %s (%.0fs; cache %d hits, %d misses so far)",
+            name,
+            _fmt(scores[name]),
+            timing[name],
+            cache.hits,
+            cache.misses,
+        )
     cache.close()
     types = {n: lt.type for n, lt in local.items()}
     notes = {n: f"--limit {limit}" for n in local} if limit is not None else {}
     notes.update({n: "missing (no local folder, hub unreachable)" for n in errors})
     agg = write_summary(out, model, scores, types, notes=notes, limit=limit)
     run = {
-        "model": model, "backend": backend if isinstance(backend, str) else type(backend).__name__,
-        "model_id": be.model_id, "tasks": list(local), "types": types,
+        "model": model,
+        "backend": backend if isinstance(backend, str) else type(backend).__name__,
+        "model_id": be.model_id,
+        "tasks": list(local),
+        "types": types,
         "data": {n: str(lt.folder) if lt.folder else "hub" for n, lt in local.items()},
-        "shots": shots, "shot_sources": sources if shots else {}, "seed": seed, "limit": limit,
-        "comparable": limit is None, "batch_size": batch_size, "dtype": dtype, "scores": scores,
-        "wall_seconds": timing, "errors": errors, "training_datasets": list(be.training_datasets), **agg,
+        "shots": shots,
+        "shot_sources": sources if shots else {},
+        "seed": seed,
+        "limit": limit,
+        "comparable": limit is None,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "scores": scores,
+        "wall_seconds": timing,
+        "errors": errors,
+        "training_datasets": list(be.training_datasets),
+        **agg,
     }
     write_json(out / "run.json", run)
     write_json(out / "model_meta.json", enc.mteb_model_meta.model_dump(mode="json"))
@@ -370,9 +423,17 @@ def leaderboard(folders: Sequence[str | Path], *, tasks: Sequence[str] | None = 
     rows = []
     for m, row in table.items():
         per_type = mean_per_type(row, types)
-        rows.append({"model": m, "rank": ranks[m][1], "borda_points": ranks[m][0],
-                     "mean_task": mean_task(row), "mean_type": mean_type(per_type), "per_type": per_type,
-                     "per_task": row})
+        rows.append(
+            {
+                "model": m,
+                "rank": ranks[m][1],
+                "borda_points": ranks[m][0],
+                "mean_task": mean_task(row),
+                "mean_type": mean_type(per_type),
+                "per_type": per_type,
+                "per_task": row,
+            }
+        )
     return sorted(rows, key=lambda r: (r["rank"], r["model"]))
 
 
@@ -382,8 +443,14 @@ def format_leaderboard(rows: Sequence[Mapping[str, Any]]) -> str:
     head = ["rank", "model", "Borda points", "Mean(Task)", "Mean(TaskType)", *types]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r["rank"]), r["model"], f"{r['borda_points']:g}", _fmt(r["mean_task"]),
-                 _fmt(r["mean_type"]), *[_fmt(r["per_type"].get(t)) for t in types]]
+        cells = [
+            str(r["rank"]),
+            r["model"],
+            f"{r['borda_points']:g}",
+            _fmt(r["mean_task"]),
+            _fmt(r["mean_type"]),
+            *[_fmt(r["per_type"].get(t)) for t in types],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -411,8 +478,12 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--cache-dir", help="embedding cache file (default OUTPUT/cache/embeddings.sqlite)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32")
     parser.add_argument("--max-length", type=int, help="token budget override")
-    parser.add_argument("--instructions", choices=["auto", "on", "off"], default="auto",
-                        help="task instructions: auto = the model's saved setting")
+    parser.add_argument(
+        "--instructions",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="task instructions: auto = the model's saved setting",
+    )
     parser.add_argument("--task-type", choices=list(TASK_TYPES), help="type of your own task folder(s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return _run_eval
@@ -421,11 +492,23 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
 def _run_eval(args: argparse.Namespace) -> int:
     tasks = resolve_tasks(args.tasks, args.benchmark)
     instructions = {"auto": None, "on": True, "off": False}[args.instructions]
-    run = run_eval(args.model, tasks, data_dir=args.data_dir, output=args.output, backend=args.backend,
-                   shots=args.shots, seed=args.seed, limit=args.limit, batch_size=args.batch_size,
-                   cache_dir=args.cache_dir, dtype=args.dtype, max_length=args.max_length,
-                   instructions=instructions, task_type_override=args.task_type,
-                   show_progress=not args.no_progress)
+    run = run_eval(
+        args.model,
+        tasks,
+        data_dir=args.data_dir,
+        output=args.output,
+        backend=args.backend,
+        shots=args.shots,
+        seed=args.seed,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        dtype=args.dtype,
+        max_length=args.max_length,
+        instructions=instructions,
+        task_type_override=args.task_type,
+        show_progress=not args.no_progress,
+    )
     print((Path(args.output) / "summary.md").read_text())
     return 0 if all(v is not None for v in run["scores"].values()) else 1
 

@@ -441,7 +441,7 @@ def load_task(
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         ttype = type_ or info.get("type") or detect_type(folder)
         if ttype is None:
-            raise TaskFolderError(folder, None, "cannot tell the task type: add task.json {\"type\": ...}")
+            raise TaskFolderError(folder, None, 'cannot tell the task type: add task.json {"type": ...}')
         instruction = info.get("instruction") or _generic(ttype)
         task = custom_task(name, ttype, instruction=info.get("instruction"))
     ttype = task.metadata.type
@@ -511,8 +511,12 @@ def inject(task: Any, folder: Path, *, limit: int | None = None) -> None:
         if missing:
             raise TaskFolderError(folder / f"{train_split}.jsonl", None, f"no training records for {missing}")
         both = {lang: (test[lang], train[lang]) for lang in test}
-        _place(task, folder, both, lambda tt: DatasetDict(
-            {"test": Dataset.from_dict(tt[0]), train_split: Dataset.from_dict(tt[1])}))
+        _place(
+            task,
+            folder,
+            both,
+            lambda tt: DatasetDict({"test": Dataset.from_dict(tt[0]), train_split: Dataset.from_dict(tt[1])}),
+        )
     elif ttype == "Clustering":
         _load_clustering(task, read_clustering_sets(folder, limit=limit))
     elif ttype in ("Retrieval", "Reranking"):
@@ -541,8 +545,9 @@ def _load_clustering(task: Any, sets: dict[str, list]) -> None:
     if isinstance(task, AbsTaskClusteringLegacy):
         task.dataset = raw
         return
-    own_transform = any("dataset_transform" in c.__dict__ for c in type(task).__mro__
-                        if not c.__name__.startswith("AbsTask"))
+    own_transform = any(
+        "dataset_transform" in c.__dict__ for c in type(task).__mro__ if not c.__name__.startswith("AbsTask")
+    )
     if own_transform:  # e.g. TwentyNewsgroupsClustering.v2 flattens the sets itself
         task.dataset = raw
         task.dataset_transform()

@@ -62,8 +62,14 @@ def _folder_fingerprint(folder: Path) -> str:
 class EmbedderBackend:
     """Our :class:`~anna_embed.embedder.Embedder` (instructions per its saved config)."""
 
-    def __init__(self, name: str, *, dtype: str = "float32", max_length: int | None = None,
-                 instructions: bool | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        dtype: str = "float32",
+        max_length: int | None = None,
+        instructions: bool | None = None,
+    ):
         from dataclasses import replace
 
         from anna_embed.embedder import Embedder
@@ -118,12 +124,26 @@ class SentenceTransformerBackend:
         return P.document_prefix(task) if self.instructions else ""
 
     def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
-        return np.asarray(self.model.encode(texts, prompt=prefix or None, batch_size=batch_size,
-                                            convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+        return np.asarray(
+            self.model.encode(
+                texts,
+                prompt=prefix or None,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ),
+            dtype=np.float32,
+        )
 
 
-def load_backend(name: str, backend: Backend = "embedder", *, dtype: str = "float32",
-                 max_length: int | None = None, instructions: bool | None = None) -> TextBackend:
+def load_backend(
+    name: str,
+    backend: Backend = "embedder",
+    *,
+    dtype: str = "float32",
+    max_length: int | None = None,
+    instructions: bool | None = None,
+) -> TextBackend:
     """Load ``name`` (short name, folder or hub id) behind the chosen backend."""
     if backend == "sentence-transformers":
         return SentenceTransformerBackend(name, instructions=instructions, max_length=max_length)
@@ -151,7 +171,7 @@ class EmbeddingCache:
     def get_many(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         found: dict[bytes, np.ndarray] = {}
         for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
+            chunk = keys[start : start + 500]
             rows = self.db.execute(
                 f"SELECT key, data FROM vec WHERE key IN ({','.join('?' * len(chunk))})", chunk
             ).fetchall()
@@ -182,9 +202,17 @@ class EvalEncoder(AbsEncoder):
         show_progress: One progress bar per encode call.
     """
 
-    def __init__(self, backend: TextBackend, *, tasks: dict[str, LocalTask],
-                 examples: dict[str, list[P.Example]] | None = None, cache: EmbeddingCache | None = None,
-                 model_name: str = "local/model", batch_size: int = 32, show_progress: bool = True):
+    def __init__(
+        self,
+        backend: TextBackend,
+        *,
+        tasks: dict[str, LocalTask],
+        examples: dict[str, list[P.Example]] | None = None,
+        cache: EmbeddingCache | None = None,
+        model_name: str = "local/model",
+        batch_size: int = 32,
+        show_progress: bool = True,
+    ):
         self.model = backend
         self.tasks = tasks
         self.examples = examples or {}
@@ -193,11 +221,14 @@ class EvalEncoder(AbsEncoder):
         self.show_progress = show_progress
         if "/" not in model_name:
             model_name = f"local/{model_name}"
-        self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-            "name": model_name, "revision": hashlib.sha256(backend.model_id.encode()).hexdigest()[:12],
-            "similarity_fn_name": ScoringFunction.COSINE,
-            "training_datasets": set(backend.training_datasets) or None,
-        })
+        self.mteb_model_meta = ModelMeta.create_empty(
+            overwrites={
+                "name": model_name,
+                "revision": hashlib.sha256(backend.model_id.encode()).hexdigest()[:12],
+                "similarity_fn_name": ScoringFunction.COSINE,
+                "training_datasets": set(backend.training_datasets) or None,
+            }
+        )
 
     def spec(self, task_name: str, task_type: str) -> TaskSpec:
         """The registry entry, or one built from the local task's own instruction."""
@@ -216,8 +247,16 @@ class EvalEncoder(AbsEncoder):
             return self.model.document_prefix(spec)
         return self.model.query_prefix(spec, self.examples.get(task_name, ()))
 
-    def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
-               prompt_type: Any = None, **kwargs: Any) -> np.ndarray:
+    def encode(
+        self,
+        inputs: Any,
+        *,
+        task_metadata: Any,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: Any = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
         texts = [t for batch in inputs for t in batch["text"]]
         prefix = self.prefix(task_metadata.name, task_metadata.type, prompt_type)
         return self.encode_texts(texts, prefix, desc=f"{task_metadata.name} ({hf_split})")
@@ -241,10 +280,15 @@ class EvalEncoder(AbsEncoder):
         pending = list(todo.items())
         order = sorted(range(len(pending)), key=lambda i: -len(pending[i][1]))  # similar lengths together
         chunk = max(self.batch_size * 16, 256)
-        with tqdm(total=len(pending), desc=desc, unit="text", disable=not self.show_progress or not pending,
-                  leave=False) as bar:
+        with tqdm(
+            total=len(pending),
+            desc=desc,
+            unit="text",
+            disable=not self.show_progress or not pending,
+            leave=False,
+        ) as bar:
             for start in range(0, len(order), chunk):
-                part = [pending[i] for i in order[start:start + chunk]]
+                part = [pending[i] for i in order[start : start + chunk]]
                 vecs = self.model.encode([t for _, t in part], prefix, self.batch_size)
                 new = [(k, np.asarray(v, dtype=np.float32)) for (k, _), v in zip(part, vecs, strict=True)]
                 found.update(new)
@@ -296,8 +340,12 @@ def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
         from anna_embed.evaluate_data import read_beir
 
         data = read_beir(folder, "train")
-        docs = {d: f"{ti} {tx}".strip() for d, ti, tx in
-                zip(data["corpus"]["id"], data["corpus"]["title"], data["corpus"]["text"], strict=True)}
+        docs = {
+            d: f"{ti} {tx}".strip()
+            for d, ti, tx in zip(
+                data["corpus"]["id"], data["corpus"]["title"], data["corpus"]["text"], strict=True
+            )
+        }
         pool = []
         for qid, qtext in zip(data["queries"]["id"], data["queries"]["text"], strict=True):
             rel = sorted(d for d, s in data["relevant_docs"][qid].items() if s > 0 and d in docs)
@@ -307,8 +355,9 @@ def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
     return [], "none (no training split)"
 
 
-def pick_examples(pool: Sequence[P.Example], k: int, *, seed: int, task: str,
-                  max_chars: int = 400) -> list[P.Example]:
+def pick_examples(
+    pool: Sequence[P.Example], k: int, *, seed: int, task: str, max_chars: int = 400
+) -> list[P.Example]:
     """``k`` examples drawn without replacement from ``pool`` with a RNG seeded by ``(seed, task)``.
 
     Each side is clipped to ``max_chars`` characters so the prompt stays within the model's budget.
