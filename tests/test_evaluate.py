@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from anna_embed.evaluate import (
+from anna_embed.evaluate import resolve_tasks
+from anna_embed.evaluate_report import (
     average_ranks,
     borda,
     leaderboard,
@@ -17,7 +18,6 @@ from anna_embed.evaluate import (
     mean_task,
     mean_type,
     min_ranks,
-    resolve_tasks,
 )
 
 REFERENCE = Path("/work/shared/reference/mteb_eng_v2_all_models.json")
