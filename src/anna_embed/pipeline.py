@@ -89,6 +89,9 @@ class PipelineConfig:
 
     Attributes:
         output_dir: Run folder: data/, mine/, train/, eval/, report/.
+        cache_dir: Cache shared between runs (teacher embeddings and scores, evaluation embeddings), so
+            runs that differ only in training settings (the ablation) mine and encode once. Default:
+            inside ``output_dir``.
         seed: Seed for every stage (mining samples, conversion, training).
         sources: Training sources.
         mine: Mining settings (teachers, margins, negatives).
@@ -97,6 +100,7 @@ class PipelineConfig:
     """
 
     output_dir: str = "outputs/demo"
+    cache_dir: str | None = None
     seed: int = 0
     sources: tuple[SourceSpec, ...] = ()
     mine: MineConfig = field(default_factory=MineConfig)
@@ -202,6 +206,7 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else root / "cache"
     C.save(cfg, root / "config.json")
     timings: dict[str, float] = {}
 
@@ -248,8 +253,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
             stage.dir.mkdir(parents=True, exist_ok=True)
             manifest = timed(
                 f"mine[{i}]",
-                lambda m=mcfg, s=src, o=out, d=stage.dir: mine.run(
-                    m, s["path"], o, cache_dir=d / "cache", report_dir=d
+                lambda m=mcfg, s=src, o=out, d=stage.dir, c=cache / "mine" / f"{i:02d}": mine.run(
+                    m, s["path"], o, cache_dir=c, report_dir=d
                 ),
             )
             stage.finish({"summary": manifest.get("summary", [])})
@@ -295,7 +300,7 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
                     limit=cfg.eval.limit,
                     batch_size=cfg.eval.batch_size,
                     dtype=cfg.eval.dtype if lab != "teacher" else "float32",
-                    cache_dir=root / "eval" / "cache",
+                    cache_dir=cache / "eval" / "embeddings.sqlite",
                     show_progress=False,
                 ),
             )
