@@ -314,7 +314,7 @@ def write_report(
     root: Path, cfg: PipelineConfig, evals: dict[str, dict[str, Any]], timings: dict[str, float]
 ) -> dict[str, Any]:
     """``report/README.md`` (table, timings, mining summaries) and PNGs; returns the table."""
-    from anna_embed.evaluate import mean_task
+    from anna_embed.evaluate_report import mean_task
 
     rep = root / "report"
     rep.mkdir(parents=True, exist_ok=True)
