@@ -122,6 +122,8 @@ def _judged_pairs(n_queries: int, n_candidates: int) -> tuple[list[str], list[st
     queries, documents = [], []
     for rec, row in zip(records, ranked, strict=True):
         negatives = [docs[i] for i in row if i >= 0 and docs[i] not in rec["positive"]][:n_candidates]
+        if len(negatives) < n_candidates:
+            continue  # too few lexical matches for a full group
         queries += [rec["query"]] * (1 + n_candidates)
         documents += [rec["positive"][0], *negatives]
     return queries, documents, 1 + n_candidates
