@@ -319,6 +319,8 @@ _TASKS: list[TaskSpec] = [
     _t("WikiQA", "Retrieval", "Given a question, find the Wikipedia passage that answers it."),
     _t("TrecQA", "Retrieval", "Given a factoid question, find the sentence that answers it."),
     _t("MSRP", "PairClassification", "Given a news sentence, find sentences that paraphrase it."),
+    # --- The demo's own evaluation task (src/anna_embed/demo_data/eval/QNLIRetrieval)
+    _t("QNLIRetrieval", "Retrieval", "Given a question, find the Wikipedia sentence that answers it."),
     _t(
         "ClimateFEVER",
         "Retrieval",
