@@ -27,7 +27,8 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
 from anna_embed import prompts as P
-from anna_embed.evaluate_data import EXTRA_TEST_FILES, LocalTask
+from anna_embed.evaluate_data import LocalTask
+from anna_embed.evaluate_readers import EXTRA_TEST_FILES, read_beir
 from anna_embed.io import iter_jsonl
 from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task
 
@@ -338,8 +339,6 @@ def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
         if pool:
             return pool, fname
     if t == "Retrieval" and (folder / "qrels" / "train.tsv").is_file():
-        from anna_embed.evaluate_data import read_beir
-
         data = read_beir(folder, "train")
         docs = {
             d: f"{ti} {tx}".strip()
