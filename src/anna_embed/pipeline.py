@@ -72,6 +72,7 @@ class EvalSection:
         batch_size: Encoding batch size.
         limit: Subsample each task (smoke runs only; results are marked not comparable).
         dtype: Encoding dtype of the LLMs (``auto``: bf16 where supported).
+        max_length: Token budget at evaluation (the student folder keeps its shorter training budget).
     """
 
     data_dir: str = "demo:eval"
@@ -81,6 +82,7 @@ class EvalSection:
     batch_size: int = 32
     limit: int | None = None
     dtype: Literal["float32", "bfloat16", "auto"] = "auto"
+    max_length: int | None = 512
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,7 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
                     batch_size=cfg.eval.batch_size,
                     dtype=cfg.eval.dtype if lab != "teacher" else "float32",
                     cache_dir=cache / "eval" / "embeddings.sqlite",
+                    max_length=cfg.eval.max_length if lab != "teacher" else None,
                     show_progress=False,
                 ),
             )

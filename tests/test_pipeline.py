@@ -1,0 +1,91 @@
+"""The pipeline: stage markers, data preparation, and a whole tiny run (tiny random models, demo data)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from anna_embed import config as C
+from anna_embed.io import read_jsonl
+from anna_embed.pipeline import DEMO_CONFIG, PipelineConfig, SourceSpec, Stage, _prepare, demo_path, run
+
+
+def test_demo_config_round_trips_through_the_config_mechanism():
+    rebuilt = C.build(PipelineConfig, C.to_dict(DEMO_CONFIG))
+    assert rebuilt == DEMO_CONFIG
+    over = C.build(PipelineConfig, C.to_dict(DEMO_CONFIG), ["train.optim.max_steps=3", "eval.limit=5"])
+    assert over.train.optim.max_steps == 3 and over.eval.limit == 5
+
+
+def test_demo_paths_point_into_the_package():
+    for src in DEMO_CONFIG.sources:
+        assert demo_path(src.path).is_file()
+    assert (demo_path(DEMO_CONFIG.eval.data_dir) / "QNLIRetrieval" / "qrels" / "test.tsv").is_file()
+    assert demo_path("/abs/file.jsonl").as_posix() == "/abs/file.jsonl"
+
+
+def test_stage_marker_skips_only_on_matching_fingerprint(tmp_path):
+    stage = Stage(tmp_path, "x", "abc", force=False)
+    assert not stage.done()
+    stage.finish({"n": 1})
+    assert stage.done() and stage.info()["n"] == 1
+    assert not Stage(tmp_path, "x", "other", force=False).done()
+    assert not Stage(tmp_path, "x", "abc", force=True).done()
+
+
+def test_prepare_turns_each_source_kind_into_records(tmp_path):
+    cfg = replace(DEMO_CONFIG, sources=tuple(replace(s, max_records=20) for s in DEMO_CONFIG.sources))
+    out = _prepare(cfg, Stage(tmp_path, "data", "f", force=False))
+    assert [o["mine"] for o in out] == [True, True, False]
+    for info, src in zip(out, cfg.sources, strict=True):
+        rows = read_jsonl(info["path"], required=("query", "positive", "task"))
+        assert 0 < len(rows) <= 20 and all(r["task"] == src.task for r in rows)
+    bank = read_jsonl(out[2]["path"])
+    assert all(r["type"] == "Classification" and r["negative"] for r in bank)
+    with pytest.raises(ValueError, match="give its task"):
+        _prepare(
+            replace(cfg, sources=(SourceSpec("demo:train/qnli.jsonl"),)),
+            Stage(tmp_path, "d2", "f", force=False),
+        )
+
+
+def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
+    base = make_embedder("llama").save(tmp_path / "tiny-base")
+    cfg = C.build(
+        PipelineConfig,
+        C.to_dict(DEMO_CONFIG),
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"train.model.name={base}",
+            "train.model.dtype=float32",
+            "train.model.max_length=64",
+            "train.optim.max_steps=2",
+            "train.optim.batch_size=4",
+            "train.run.save_every=1",
+            f"mine.retriever=bi:{base}",
+            f"mine.reranker=bi:{base}",
+            "mine.top_k=5",
+            "mine.num_negatives=1",
+            "mine.relative_margin=none",  # a random teacher puts every candidate near the positive
+            f"eval.teacher={base}",
+            "eval.limit=8",
+            "eval.dtype=float32",
+        ],
+    )
+    cfg = replace(cfg, sources=tuple(replace(s, max_records=12) for s in cfg.sources))
+    report = run(cfg)
+    assert [r["model"] for r in report["rows"]] == ["base", "student", "teacher"]
+    assert all(r["QNLIRetrieval"] is not None for r in report["rows"])
+    root = tmp_path / "run"
+    assert (root / "report" / "README.md").is_file() and (root / "report" / "scores.png").is_file()
+    assert (root / "train" / "model" / "anna_embed.json").is_file()
+    saved = json.loads((root / "train" / "model" / "anna_embed.json").read_text())
+    assert saved["training_datasets"]
+    # the base model and the teacher are the same weights here, so their scores agree
+    rows = {r["model"]: r for r in report["rows"]}
+    assert rows["base"]["QNLIRetrieval"] == pytest.approx(rows["teacher"]["QNLIRetrieval"])
+    again = run(cfg)
+    assert "train" not in again["timings"] and not any(k.startswith("mine") for k in again["timings"])
+    assert again["rows"] == report["rows"]
