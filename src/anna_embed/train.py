@@ -293,8 +293,13 @@ class Trainer:
 
     # -- setup
     def _batches(self, epoch: int) -> list[list[int]]:
-        names = [r.task.name for r in self.data.records]
-        return plan_batches(names, batch_size=self.global_batch, seed=self.cfg.run.seed, epoch=epoch)
+        """The epoch's batch plan (computed once per epoch; a pure function of seed and epoch)."""
+        cached = getattr(self, "_plan", None)
+        if cached is None or cached[0] != epoch:
+            names = [r.task.name for r in self.data.records]
+            plan = plan_batches(names, batch_size=self.global_batch, seed=self.cfg.run.seed, epoch=epoch)
+            self._plan = cached = (epoch, plan)
+        return cached[1]
 
     def _build_model(self) -> tuple[Embedder, Any]:
         from anna_embed.embedder import Embedder
