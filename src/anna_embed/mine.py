@@ -413,13 +413,18 @@ def bm25_candidates(queries: Sequence[str], documents: Sequence[str], k: int) ->
     return np.where(scores > 0, ids, -1).astype(np.int64)
 
 
-def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarray:
-    """Query embeddings, encoded per (task, instruction) group so each group gets its instruction."""
+def _by_prompt(queries: Sequence[MiningQuery]) -> dict[tuple[str | None, str | None], list[int]]:
+    """Positions of ``queries`` grouped by (task, instruction): each group is one teacher call."""
     groups: dict[tuple[str | None, str | None], list[int]] = {}
     for i, q in enumerate(queries):
         groups.setdefault((q.task, q.instruction), []).append(i)
+    return groups
+
+
+def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarray:
+    """Query embeddings, encoded per (task, instruction) group so each group gets its instruction."""
     out: np.ndarray | None = None
-    for (task, instruction), rows in groups.items():
+    for (task, instruction), rows in _by_prompt(queries).items():
         vecs = retriever.encode_queries([queries[i].text for i in rows], task=task, instruction=instruction)
         if out is None:
             out = np.zeros((len(queries), vecs.shape[1]), np.float32)
@@ -440,10 +445,7 @@ def _rescore_shard(
     for row, (q, cand) in enumerate(zip(queries, cands, strict=True)):
         pairs += [(row, p, True) for p in q.positives] + [(row, docs[c], False) for c in cand]
     scores = np.zeros(len(pairs), np.float32)
-    groups: dict[tuple[str | None, str | None], list[int]] = {}
-    for i, (row, _, _) in enumerate(pairs):
-        groups.setdefault((queries[row].task, queries[row].instruction), []).append(i)
-    for (task, instruction), idx in groups.items():
+    for (task, instruction), idx in _by_prompt([queries[row] for row, _, _ in pairs]).items():
         scores[idx] = reranker.score(
             [queries[pairs[i][0]].text for i in idx],
             [pairs[i][1] for i in idx],
