@@ -235,7 +235,8 @@ def bar_chart(path: Path, title: str, rows: Sequence[Mapping[str, Any]], *, limi
     ax.set_title(title + (f"  [--limit {limit}: not comparable]" if limit else ""), fontsize=10)
     present = [t for t in TASK_TYPES if any(r["type"] == t for r in rows)]
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[t]) for t in present]
-    ax.legend(handles, present, fontsize=7, loc="lower right")
+    ax.legend(handles, present, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlim(0, max(100.0, max(r["main_score"] for r in rows) + 8))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
