@@ -120,41 +120,43 @@ def run_eval(
     scores: dict[str, float | None] = {}
     timing: dict[str, float] = {}
     errors: dict[str, str] = {}
-    for name, lt in local.items():
-        t0 = time.monotonic()
-        logger.info("Evaluating %s (%s, %s)", name, lt.type, lt.folder or "hub")
-        try:
-            res = mteb.evaluate(
-                enc,
-                [lt.task],
-                cache=None,
-                overwrite_strategy="always",
-                co2_tracker=False,
-                show_progress_bar=False,
-                encode_kwargs={"batch_size": batch_size},
+    try:
+        for name, lt in local.items():
+            t0 = time.monotonic()
+            logger.info("Evaluating %s (%s, %s)", name, lt.type, lt.folder or "hub")
+            try:
+                res = mteb.evaluate(
+                    enc,
+                    [lt.task],
+                    cache=None,
+                    overwrite_strategy="always",
+                    co2_tracker=False,
+                    show_progress_bar=False,
+                    encode_kwargs={"batch_size": batch_size},
+                )
+            except Exception as err:
+                if lt.folder is not None:
+                    raise
+                # no local folder and the hub failed (offline): record the task as missing and go on
+                logger.error("%s: no folder under --data-dir and hub loading failed: %s", name, err)
+                scores[name], errors[name] = None, f"{type(err).__name__}: {err}"
+                continue
+            result = res.task_results[0]
+            tmp = out / f".{name}.json.tmp"
+            result.to_disk(tmp)
+            tmp.replace(out / f"{name}.json")
+            scores[name] = main_score(json.loads((out / f"{name}.json").read_text()))
+            timing[name] = round(time.monotonic() - t0, 1)
+            logger.info(
+                "%s: main score %s (%.0fs; cache %d hits, %d misses so far)",
+                name,
+                fmt_score(scores[name]),
+                timing[name],
+                cache.hits,
+                cache.misses,
             )
-        except Exception as err:
-            if lt.folder is not None:
-                raise
-            # no local folder and the hub failed (offline): record the task as missing and go on
-            logger.error("%s: no folder under --data-dir and hub loading failed: %s", name, err)
-            scores[name], errors[name] = None, f"{type(err).__name__}: {err}"
-            continue
-        result = res.task_results[0]
-        tmp = out / f".{name}.json.tmp"
-        result.to_disk(tmp)
-        tmp.replace(out / f"{name}.json")
-        scores[name] = main_score(json.loads((out / f"{name}.json").read_text()))
-        timing[name] = round(time.monotonic() - t0, 1)
-        logger.info(
-            "%s: main score %s (%.0fs; cache %d hits, %d misses so far)",
-            name,
-            fmt_score(scores[name]),
-            timing[name],
-            cache.hits,
-            cache.misses,
-        )
-    cache.close()
+    finally:
+        cache.close()
     types = {n: lt.type for n, lt in local.items()}
     notes = {n: f"--limit {limit}" for n in local} if limit is not None else {}
     notes.update({n: "missing (no local folder, hub unreachable)" for n in errors})
