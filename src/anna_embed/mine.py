@@ -773,7 +773,8 @@ def _histogram(
     ]
     fig, ax = plt.subplots(figsize=(7, 4))
     finite = np.concatenate([s for _, s in series])
-    bins = np.linspace(float(finite.min(initial=0.0)), float(finite.max(initial=1.0)), 51)
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    bins = np.linspace(low, max(high, low + 1e-6), 51)
     for label, values in series:
         ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{label} (n={len(values)})")
     te = manifest["teachers"]
