@@ -130,6 +130,16 @@ def test_query_and_document_prompts(make_embedder):
     assert np.allclose(direct, via, atol=1e-5)
 
 
+def test_unknown_task_needs_an_explicit_instruction(make_embedder):
+    from anna_embed.tasks import UnknownTaskError
+
+    emb = make_embedder("llama")
+    with pytest.raises(UnknownTaskError):
+        emb.query_prefix("MyOwnTask")
+    assert emb.query_prefix("MyOwnTask", instruction="Find X.") == "Instruct: Find X.\nQuery:\n"
+    assert emb.document_prefix("MyOwnTask", instruction="Find X.") == ""
+
+
 def test_mteb_protocol_call_applies_instruction_and_role(make_embedder):
     import mteb
     from mteb.models import EncoderProtocol

@@ -203,10 +203,20 @@ class Embedder:
         return int(self.model.config.hidden_size)
 
     # ------------------------------------------------------------------ prompts
-    def _task(self, task: str | TaskSpec | None) -> TaskSpec | None:
+    def _task(self, task: str | TaskSpec | None, instruction: str | None) -> TaskSpec | None:
+        """The registry entry; an unknown name is fine when an explicit instruction is given.
+
+        With an unknown task the instruction goes on queries and documents are embedded raw (the
+        task's symmetry is unknown).
+        """
         if task is None or isinstance(task, TaskSpec):
             return task
-        return get_task(task)
+        try:
+            return get_task(task)
+        except UnknownTaskError:
+            if instruction is None:
+                raise
+            return None
 
     def query_prefix(
         self,
@@ -219,14 +229,19 @@ class Embedder:
         if not self.config.use_instructions:
             return ""
         return P.query_prefix(
-            self._task(task), instruction=instruction, examples=examples, templates=self.config.templates
+            self._task(task, instruction),
+            instruction=instruction,
+            examples=examples,
+            templates=self.config.templates,
         )
 
     def document_prefix(self, task: str | TaskSpec | None = None, *, instruction: str | None = None) -> str:
         """The prefix :meth:`encode_documents` puts before each document."""
         if not self.config.use_instructions:
             return ""
-        return P.document_prefix(self._task(task), instruction=instruction, templates=self.config.templates)
+        return P.document_prefix(
+            self._task(task, instruction), instruction=instruction, templates=self.config.templates
+        )
 
     # ------------------------------------------------------------------ tensors (training uses these)
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
