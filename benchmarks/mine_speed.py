@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anna_embed.mine import MineConfig, build_index
+from anna_embed.mine import MineConfig
+from anna_embed.search import build_index
 
 logger = logging.getLogger("mine_speed")
 SCIFACT = Path("/work/shared/data/mteb/SciFact")
@@ -107,7 +108,7 @@ def _judged_pairs(n_queries: int, n_candidates: int) -> tuple[list[str], list[st
     """
     from anna_embed.convert import beir_records, document_text
     from anna_embed.io import read_jsonl
-    from anna_embed.mine import bm25_candidates
+    from anna_embed.search import bm25_candidates
 
     records = list(
         beir_records(

@@ -14,17 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anna_embed import mine
+from anna_embed import mine, search
 from anna_embed.io import InputError
 from anna_embed.mine import (
     MineConfig,
-    build_index,
     load_training,
     margin_filter,
     normalise_scores,
-    reciprocal_rank_fusion,
     select_negatives,
 )
+from anna_embed.search import build_index, reciprocal_rank_fusion
 
 FIX = Path(__file__).parent / "fixtures" / "mine"
 _spec = importlib.util.spec_from_file_location("fake_teachers", FIX / "fake_teachers.py")
@@ -185,7 +184,7 @@ def test_approximate_index_recall_against_exact(index):
 
 def test_bm25_candidates_rank_the_lexical_match_first():
     docs = ["the cat sat", "glacier caves form in ice", "dogs bark loudly"]
-    ids = mine.bm25_candidates(["how do glacier caves form", "zzz qqq"], docs, k=2)
+    ids = search.bm25_candidates(["how do glacier caves form", "zzz qqq"], docs, k=2)
     assert ids[0, 0] == 1
     assert (ids[1] == -1).all()  # no shared word: no lexical candidate
 

@@ -1,10 +1,10 @@
 """Hard-negative mining with soft labels: encode -> search -> rescore -> filter.
 
-1. **Candidates.** The retriever teacher embeds the corpus (in shards cached on disk) and the queries;
-   faiss finds the ``top_k`` nearest documents (exact inner product, or HNSW / IVF for big corpora),
-   optionally fused with BM25 by reciprocal-rank fusion.
-2. **Soft labels.** The reranker teacher scores every (query, positive) and (query, candidate) pair
-   (per query shard, cached on disk).
+1. **Candidates** (:func:`anna_embed.search.search_candidates`). The retriever teacher embeds the
+   corpus (in shards cached on disk) and the queries; faiss finds the ``top_k`` nearest documents (exact
+   inner product, or HNSW / IVF for big corpora), optionally fused with BM25 by reciprocal-rank fusion.
+2. **Soft labels** (:func:`anna_embed.search.rescore`). The reranker teacher scores every
+   (query, positive) and (query, candidate) pair (per query shard, cached on disk).
 3. **Adaptive margin filter** (:func:`margin_filter`, a pure function): a candidate is dropped when it is
    a known positive or when its normalised teacher score exceeds the threshold derived from the query's
    lowest-scoring positive; ``num_negatives`` are then taken from a rank window (:func:`select_negatives`).
@@ -18,17 +18,15 @@ that stay signed (``"identity"``) the relative threshold is ``pos - relative_mar
 
 The output is FlagEmbedding's teacher-score format, one JSON object per query:
 ``{query, pos, neg, pos_scores, neg_scores, task, type, instruction}`` (raw teacher scores by default),
-with a manifest, a summary and a score histogram beside it.
+with a manifest, a summary and a score histogram beside it (:mod:`anna_embed.mine_report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +35,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from anna_embed.io import InputError, atomic_write, iter_jsonl, write_json
+from anna_embed import search
+from anna_embed.io import InputError, atomic_write, iter_jsonl
+from anna_embed.mine_report import mining_counts, summary_lines, write_reports
+from anna_embed.search import ProgressHook
 
 logger = logging.getLogger(__name__)
 
 Normalisation = Literal["auto", "sigmoid", "affine", "identity"]
-ProgressHook = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -247,30 +247,6 @@ def select_negatives(
     return out
 
 
-def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], *, k: int = 60, top: int) -> np.ndarray:
-    """Fuse ranked id lists: a document at 1-based rank ``r`` of a list adds ``1 / (k + r)``.
-
-    Args:
-        rankings: ``[Q, K_i]`` arrays of document ids, best first, ``-1`` for padding.
-        k: The RRF constant (60, as Cormack et al. 2009).
-        top: Length of the fused lists.
-
-    Returns:
-        ``[Q, top]`` fused ids, ``-1``-padded; ties go to the document met first (earlier list, rank).
-    """
-    n_queries = rankings[0].shape[0]
-    out = np.full((n_queries, top), -1, dtype=np.int64)
-    for q in range(n_queries):
-        score: dict[int, float] = {}
-        for ranking in rankings:
-            for r, doc in enumerate(ranking[q]):
-                if doc >= 0:
-                    score[int(doc)] = score.get(int(doc), 0.0) + 1.0 / (k + r + 1)
-        best = sorted(score, key=lambda d: -score[d])[:top]  # sorted() is stable: first-met wins ties
-        out[q, : len(best)] = best
-    return out
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -337,125 +313,6 @@ def load_corpus(path: str | Path) -> list[str]:
     return list(seen)
 
 
-def _sha(parts: Sequence[str] | str) -> str:
-    h = hashlib.sha256()
-    for part in [parts] if isinstance(parts, str) else parts:
-        h.update(part.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- stage 1: candidates
-
-
-def encode_corpus_cached(
-    encode: Callable[[list[str]], np.ndarray],
-    texts: Sequence[str],
-    folder: Path,
-    *,
-    shard_size: int,
-    on_progress: ProgressHook | None = None,
-) -> np.ndarray:
-    """Embed ``texts`` shard by shard, each shard saved atomically as ``shard_NNNNN.npy`` in ``folder``.
-
-    Shards already on disk are loaded, not recomputed; ``folder`` should be keyed by everything that
-    changes the vectors (teacher, corpus hash, shard size).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    n_shards = max(1, math.ceil(len(texts) / shard_size))
-    parts = []
-    for i in range(n_shards):
-        chunk = list(texts[i * shard_size : (i + 1) * shard_size])
-        target = folder / f"shard_{i:05d}.npy"
-        arr = np.load(target) if target.is_file() else None
-        if arr is None or arr.shape[0] != len(chunk):
-            arr = np.ascontiguousarray(encode(chunk), dtype=np.float32)
-            with atomic_write(target, "wb") as fh:
-                np.save(fh, arr)
-        parts.append(arr)
-        if on_progress is not None:
-            on_progress("corpus", i)
-    return np.concatenate(parts)
-
-
-def build_index(d_emb: np.ndarray, cfg: MineConfig) -> Any:
-    """A faiss inner-product index over ``d_emb`` (``[N, D]`` float32): flat, HNSW or IVF."""
-    import faiss
-
-    n, dim = d_emb.shape
-    if cfg.index == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif cfg.index == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = cfg.ef_search
-    elif cfg.index == "ivf":
-        nlist = cfg.ivf_nlist or max(1, min(n // 39, int(math.sqrt(n))))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng((cfg.seed, n))
-        sample = d_emb[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
-        index.train(sample)
-        index.nprobe = cfg.ivf_nprobe
-    else:
-        raise ValueError(f"unknown index {cfg.index!r}")
-    index.add(d_emb)
-    return index
-
-
-def bm25_candidates(queries: Sequence[str], documents: Sequence[str], k: int) -> np.ndarray:
-    """``[Q, k]`` document ids by BM25 (bm25s, Lucene variant, English stop words), ``-1``-padded."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False)
-    q_tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
-    k = min(k, len(documents))
-    ids, scores = retriever.retrieve(q_tokens, k=k, show_progress=False)
-    return np.where(scores > 0, ids, -1).astype(np.int64)
-
-
-def _by_prompt(queries: Sequence[MiningQuery]) -> dict[tuple[str | None, str | None], list[int]]:
-    """Positions of ``queries`` grouped by (task, instruction): each group is one teacher call."""
-    groups: dict[tuple[str | None, str | None], list[int]] = {}
-    for i, q in enumerate(queries):
-        groups.setdefault((q.task, q.instruction), []).append(i)
-    return groups
-
-
-def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarray:
-    """Query embeddings, encoded per (task, instruction) group so each group gets its instruction."""
-    out: np.ndarray | None = None
-    for (task, instruction), rows in _by_prompt(queries).items():
-        vecs = retriever.encode_queries([queries[i].text for i in rows], task=task, instruction=instruction)
-        if out is None:
-            out = np.zeros((len(queries), vecs.shape[1]), np.float32)
-        out[rows] = vecs
-    if out is None:
-        raise ValueError("no queries to encode")
-    return out
-
-
-# ----------------------------------------------------------------------------- stage 2: soft labels
-
-
-def _rescore_shard(
-    reranker: Any, queries: Sequence[MiningQuery], cands: Sequence[list[int]], docs: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flat ``(pos_scores, cand_scores)`` of a query shard, in query order then column order."""
-    pairs: list[tuple[int, str, bool]] = []  # (query row, document, is positive slot)
-    for row, (q, cand) in enumerate(zip(queries, cands, strict=True)):
-        pairs += [(row, p, True) for p in q.positives] + [(row, docs[c], False) for c in cand]
-    scores = np.zeros(len(pairs), np.float32)
-    for (task, instruction), idx in _by_prompt([queries[row] for row, _, _ in pairs]).items():
-        scores[idx] = reranker.score(
-            [queries[pairs[i][0]].text for i in idx],
-            [pairs[i][1] for i in idx],
-            task=task,
-            instruction=instruction,
-        )
-    is_pos = np.array([p[2] for p in pairs], bool)
-    return scores[is_pos], scores[~is_pos]
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -465,93 +322,6 @@ def _pad(rows: Sequence[Sequence[float]], fill: float = np.nan) -> np.ndarray:
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
-
-
-def _search(
-    cfg: MineConfig,
-    retriever: Any,
-    queries: Sequence[MiningQuery],
-    docs: Sequence[str],
-    n_corpus: int,
-    cache: Path,
-    on_progress: ProgressHook | None,
-) -> tuple[np.ndarray, str]:
-    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded) and the search's cache key.
-
-    ``k`` is ``top_k`` plus the most positives any query has in the corpus, so excluding the positives
-    still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
-    """
-    corpus_key = _sha([retriever.name, str(cfg.task), str(cfg.shard_size), _sha(docs[:n_corpus])])[:16]
-    encode = functools.partial(retriever.encode_documents, task=cfg.task)
-    d_emb = encode_corpus_cached(
-        encode,
-        docs[:n_corpus],
-        cache / f"corpus-{corpus_key}",
-        shard_size=cfg.shard_size,
-        on_progress=on_progress,
-    )
-    settings = [
-        cfg.top_k,
-        cfg.index,
-        cfg.hnsw_m,
-        cfg.ef_search,
-        cfg.ivf_nlist,
-        cfg.ivf_nprobe,
-        cfg.bm25,
-        cfg.rrf_k,
-        cfg.seed,
-    ]
-    query_hash = _sha([f"{q.text}\0{q.task}\0{q.instruction}" for q in queries])
-    search_key = _sha([corpus_key, query_hash, json.dumps(settings)])[:16]
-    cand_file = cache / f"candidates-{search_key}.npy"
-    if cand_file.is_file():
-        return np.load(cand_file), search_key
-    in_corpus = set(docs[:n_corpus])
-    k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
-    _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
-    if cfg.bm25:
-        lexical = bm25_candidates([q.text for q in queries], docs[:n_corpus], k)
-        ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
-    with atomic_write(cand_file, "wb") as fh:
-        np.save(fh, ranked.astype(np.int64))
-    return ranked, search_key
-
-
-def _rescore(
-    cfg: MineConfig,
-    reranker: Any,
-    queries: Sequence[MiningQuery],
-    cands: Sequence[list[int]],
-    docs: Sequence[str],
-    folder: Path,
-    on_progress: ProgressHook | None,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Stage 2: raw teacher scores of each query's positives and candidates, cached per query shard."""
-    pos_raw: list[np.ndarray] = []
-    cand_raw: list[np.ndarray] = []
-    size = cfg.query_shard_size
-    for i in range(math.ceil(len(queries) / size)):
-        shard_q, shard_c = queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size]
-        n_pos = [len(q.positives) for q in shard_q]
-        n_cand = [len(c) for c in shard_c]
-        target = folder / f"shard_{i:05d}.npz"
-        saved = np.load(target) if target.is_file() else None
-        if (
-            saved is not None
-            and saved["pos"].shape == (sum(n_pos),)
-            and saved["cand"].shape == (sum(n_cand),)
-        ):
-            pos_flat, cand_flat = saved["pos"], saved["cand"]
-        else:
-            pos_flat, cand_flat = _rescore_shard(reranker, shard_q, shard_c, docs)
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_write(target, "wb") as fh:
-                np.savez(fh, pos=pos_flat, cand=cand_flat)
-        pos_raw += np.split(pos_flat, np.cumsum(n_pos)[:-1])
-        cand_raw += np.split(cand_flat, np.cumsum(n_cand)[:-1])
-        if on_progress is not None:
-            on_progress("rerank", i)
-    return pos_raw, cand_raw
 
 
 def run(
@@ -599,7 +369,7 @@ def run(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    ranked, search_key = _search(cfg, retriever, queries, docs, n_corpus, cache, on_progress)
+    ranked, search_key = search.search_candidates(cfg, retriever, queries, docs, n_corpus, cache, on_progress)
     timings["candidates_s"] = time.perf_counter() - t
     cands: list[list[int]] = []
     for q, row in zip(queries, ranked, strict=True):
@@ -612,13 +382,12 @@ def run(
     key = [
         reranker.name,
         search_key,
-        _sha(docs[n_corpus:]),
+        search.content_hash(docs[n_corpus:]),
         str(cfg.query_shard_size),
         str(cfg.include_given_negatives),
     ]
-    pos_raw, cand_raw = _rescore(
-        cfg, reranker, queries, cands, docs, cache / f"rerank-{_sha(key)[:16]}", on_progress
-    )
+    folder = cache / f"rerank-{search.content_hash(key)[:16]}"
+    pos_raw, cand_raw = search.rescore(cfg, reranker, queries, cands, docs, folder, on_progress)
     timings["rescore_s"] = time.perf_counter() - t
 
     # Stage 3: adaptive margin filter, then selection.
@@ -667,20 +436,25 @@ def run(
             "reranker_score_kind": reranker.score_kind,
         },
         "config": to_dict(cfg),
-        "counts": _stats(queries, cands, is_pos, ranked, result, picks, records, cfg),
+        "counts": mining_counts(
+            queries, cands, is_pos, ranked, result, picks, len(records), num_negatives=cfg.num_negatives
+        ),
         "anna_embed_version": __version__,
         "output_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    manifest["summary"] = _summary(manifest, n_corpus, len(docs) - n_corpus)
+    manifest["summary"] = summary_lines(manifest, n_corpus, len(docs) - n_corpus)
     for line in manifest["summary"]:
         logger.info("%s", line)
-    reports = Path(report_dir) if report_dir else out.parent
-    stem = out.name.removesuffix(".jsonl")
-    write_json(reports / f"{stem}.manifest.json", manifest)
-    with atomic_write(reports / f"{stem}.summary.txt") as fh:
-        fh.write("\n".join(manifest["summary"]) + "\n")
-    _histogram(pos_norm, cand_norm, result, picks, reports / f"{stem}.scores.png", manifest)
+    write_reports(
+        manifest,
+        Path(report_dir) if report_dir else out.parent,
+        out.name.removesuffix(".jsonl"),
+        pos=pos_norm,
+        cand=cand_norm,
+        result=result,
+        picks=picks,
+    )
     return manifest
 
 
@@ -705,89 +479,6 @@ def _record(
         "type": None if spec is None else spec.type,
         "instruction": q.instruction if q.instruction is not None or spec is None else spec.instruction,
     }
-
-
-def _stats(queries, cands, is_pos, ranked, result, picks, records, cfg) -> dict[str, Any]:
-    n_sel = np.array([len(p) for p in picks])
-    retrieved_pos = [bool(is_pos[r, : int((ranked[r] >= 0).sum())].any()) for r in range(len(queries))]
-    return {
-        "records_merged_into_queries": sum(len(q.lines) for q in queries),
-        "queries": len(queries),
-        "positives": sum(len(q.positives) for q in queries),
-        "candidates": sum(len(c) for c in cands),
-        "queries_positive_retrieved": int(sum(retrieved_pos)),
-        "dropped_known_positive": int(result.dropped_positive.sum()),
-        "dropped_margin": int(result.dropped_margin.sum()),
-        "kept_candidates": int(result.keep.sum()),
-        "negatives_selected": int(n_sel.sum()),
-        "queries_short": int((n_sel < cfg.num_negatives).sum()),
-        "queries_without_negatives": int((n_sel == 0).sum()),
-        "queries_left_out": len(queries) - len(records),
-        "records_written": len(records),
-    }
-
-
-def _summary(manifest: dict[str, Any], n_corpus: int, n_extra: int) -> list[str]:
-    c, cfg, te = manifest["counts"], manifest["config"], manifest["teachers"]
-    q = max(c["queries"], 1)
-    margins = f"relative {cfg['relative_margin']}, absolute {cfg['absolute_margin']}"
-    return [
-        f"candidates: {c['queries']} queries (from {c['records_merged_into_queries']} records), corpus "
-        f"{n_corpus} documents (+{n_extra} given negatives outside it), retriever {te['retriever']}, "
-        f"index {cfg['index']}, bm25 {'on' if cfg['bm25'] else 'off'}: {c['candidates']} candidates "
-        f"({c['candidates'] / q:.1f}/query); a positive retrieved for "
-        f"{c['queries_positive_retrieved']} queries ({c['queries_positive_retrieved'] / q:.1%})",
-        f"rescoring: {c['positives'] + c['candidates']} pairs scored by {te['reranker']} "
-        f"({te['reranker_score_kind']}, normalisation {cfg['normalisation']}) in "
-        f"{manifest['timings']['rescore_s']:.1f}s",
-        f"filter ({margins}): {c['candidates']} candidates -> {c['dropped_known_positive']} known positives, "
-        f"{c['dropped_margin']} above the margin ({c['dropped_margin'] / max(c['candidates'], 1):.1%}), "
-        f"{c['kept_candidates']} kept; {c['negatives_selected']} negatives selected "
-        f"({cfg['sampling']} of window [{cfg['window_start']}, {cfg['window_end']}) by {cfg['rank_by']}); "
-        f"{c['queries_short']} queries short of {cfg['num_negatives']} negatives "
-        f"({c['queries_without_negatives']} with none); {c['records_written']} records written",
-    ]
-
-
-def _histogram(
-    pos: np.ndarray,
-    cand: np.ndarray,
-    result: FilterResult,
-    picks: list[np.ndarray],
-    path: Path,
-    manifest: dict[str, Any],
-) -> None:
-    """PNG histogram of normalised teacher scores: positives, selected negatives, dropped by margin."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    selected = np.concatenate([cand[r, cols] for r, cols in enumerate(picks)] or [np.zeros(0)])
-    series = [
-        ("positives", pos[np.isfinite(pos)]),
-        ("kept negatives (selected)", selected),
-        ("dropped by margin", cand[result.dropped_margin]),
-    ]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    finite = np.concatenate([s for _, s in series])
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    bins = np.linspace(low, max(high, low + 1e-6), 51)
-    for label, values in series:
-        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=f"{label} (n={len(values)})")
-    te = manifest["teachers"]
-    ax.set_xlabel(f"normalised teacher score ({te['reranker']}, {manifest['config']['normalisation']})")
-    ax.set_ylabel("count")
-    ax.set_title(f"mined {Path(manifest['train']).name}: retriever {te['retriever']}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- CLI
