@@ -13,7 +13,7 @@ scores and the base model's and teacher's evaluation embeddings are computed onc
 five students, the untrained base and the teacher by Borda count (mteb's rule) and writes
 ``OUT/ablation.md``.
 
-    python benchmarks/ablation.py --config configs/ablation/base.toml --output outputs/ablation \
+    python benchmarks/ablation.py --config configs/ablation.toml --output outputs/ablation \
         [--set train.optim.max_steps=200 ...] [--only full,no_shots]
 """
 

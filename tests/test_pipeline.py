@@ -89,3 +89,13 @@ def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
     again = run(cfg)
     assert "train" not in again["timings"] and not any(k.startswith("mine") for k in again["timings"])
     assert again["rows"] == report["rows"]
+
+
+def test_shipped_pipeline_configs_load_and_demo_matches_the_builtin():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert C.load(PipelineConfig, root / "demo.toml") == DEMO_CONFIG
+    full = C.load(PipelineConfig, root / "full.toml")
+    assert full.train.data.group_size == 8 and len(full.sources) >= 5
+    assert C.load(PipelineConfig, root / "ablation.toml").eval.tasks

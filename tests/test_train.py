@@ -327,7 +327,7 @@ def test_collator_strings_equal_what_encode_queries_builds(tiny: dict[str, Path]
 
 
 def test_configs_parse() -> None:
-    files = sorted((ROOT / "configs").glob("*.toml"))
+    files = sorted((ROOT / "configs" / "train").glob("*.toml"))
     assert {f.stem for f in files} >= {
         "demo",
         "full",
@@ -339,8 +339,8 @@ def test_configs_parse() -> None:
     for f in files:
         cfg = C.load(TrainConfig, f)
         assert cfg.data.sources, f
-    assert C.load(TrainConfig, ROOT / "configs" / "no_shots.toml").data.max_shots == 0
-    assert C.load(TrainConfig, ROOT / "configs" / "no_soft_labels.toml").loss.kl_weight == 0.0
+    assert C.load(TrainConfig, ROOT / "configs" / "train" / "no_shots.toml").data.max_shots == 0
+    assert C.load(TrainConfig, ROOT / "configs" / "train" / "no_soft_labels.toml").loss.kl_weight == 0.0
 
 
 def test_lora_defaults_documented() -> None:

@@ -1,6 +1,6 @@
 """The training loop: LoRA (or full) contrastive + soft-label fine-tuning of a decoder embedder.
 
-``anna-embed train --config configs/demo.toml [--set optim.lr=5e-5 ...] [--resume]`` runs on one CPU;
+``anna-embed train --config configs/train/demo.toml [--set optim.lr=5e-5 ...] [--resume]`` runs on one CPU;
 the same command under ``accelerate launch`` or ``torchrun`` runs data-parallel on several GPUs or
 nodes (in-batch negatives are gathered across processes, see :func:`anna_embed.losses.gather_with_grad`).
 
