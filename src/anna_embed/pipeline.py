@@ -333,7 +333,7 @@ def write_report(
                 "mean": mean_task(s, tasks),
             }
         )
-    fmt = lambda v: "—" if v is None else f"{100 * v:.2f}" if v <= 1.0 else f"{v:.2f}"  # noqa: E731
+    fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731 - scores are already x100
     header = "| model | " + " | ".join(tasks) + " | Mean(Task) |"
     lines = [header, "|" + "---|" * (len(tasks) + 2)]
     lines += [
@@ -388,7 +388,7 @@ def _score_chart(path: Path, rows: list[dict[str, Any]], tasks: list[str]) -> No
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(cols), 4))
     for i, r in enumerate(rows):
-        vals = [100 * (r[c] or 0.0) for c in cols]
+        vals = [r[c] or 0.0 for c in cols]
         ax.bar(x + i * width, vals, width, label=r["model"])
     ax.set_xticks(
         x + width * (len(rows) - 1) / 2, [c.replace("Classification", "") for c in cols], fontsize=8
