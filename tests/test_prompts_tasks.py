@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from anna_embed import prompts as P
-from anna_embed.tasks import TASK_TYPES, TASKS, UnknownTaskError, benchmark_tasks, get_task, sample_examples
+from anna_embed.tasks import (
+    TASK_TYPES,
+    TASKS,
+    UnknownTaskError,
+    benchmark_tasks,
+    few_shot_pool,
+    get_task,
+    sample_examples,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -75,10 +83,27 @@ def test_templates_round_trip_and_reject_unknown_keys():
         P.PromptTemplates.from_dict({"querry": "x"})
 
 
-def test_sample_examples_is_seeded_and_clipped():
+def test_sample_examples_is_seeded_clipped_and_spreads_responses():
     pool = [(f"q{i}", f"r{i}" * 500) for i in range(50)]
-    a = sample_examples(pool, 3, seed=1)
-    assert a == sample_examples(pool, 3, seed=1)
-    assert a != sample_examples(pool, 3, seed=2)
-    assert len(a) == 3 and all(len(r) <= 400 for _, r in a)
+    a = sample_examples(pool, 3, seed=1, task="T")
+    assert a == sample_examples(pool, 3, seed=1, task="T")
+    assert a != sample_examples(pool, 3, seed=2, task="T")
+    assert len(a) == 3 and all(len(r) <= 404 and r.endswith(" ...") for _, r in a)
     assert sample_examples([], 3, seed=0) == []
+    labelled = [(f"text {i}", "A" if i < 40 else "B") for i in range(42)]
+    assert sorted(r for _, r in sample_examples(labelled, 2, seed=0)) == ["A", "B"]
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "mteb").is_dir(), reason="shared data not present")
+def test_few_shot_pools_come_from_training_data_only():
+    data = SHARED / "data" / "mteb"
+    pool, source = few_shot_pool("Classification", data / "Banking77Classification")
+    assert source == "train.jsonl" and len(pool) == 10003
+    pool, source = few_shot_pool("Retrieval", data / "SciFact")
+    assert source.startswith("queries_train") and pool
+    pool, source = few_shot_pool("PairClassification", data / "TwitterURLCorpus")
+    assert pool == []  # its train_lowercased.jsonl is part of MTEB's test set
+    assert few_shot_pool("Clustering", data / "TwentyNewsgroupsClustering") == (
+        [],
+        "none (no training split)",
+    )

@@ -108,7 +108,7 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
 
     def run(args: argparse.Namespace) -> int:
         from anna_embed.embedder import Embedder
-        from anna_embed.tasks import few_shot_pool, sample_examples
+        from anna_embed.tasks import few_shot_pool, get_task, sample_examples
 
         rows = list(iter_inputs(args.input))  # validate the whole file before loading anything
         if not rows:
@@ -123,10 +123,11 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
                     for r in read_jsonl(args.examples, required=("query", "response"))
                 ]
             elif args.data_dir and args.task:
-                pool = few_shot_pool(args.task, args.data_dir)
+                spec = get_task(args.task)
+                pool, _ = few_shot_pool(spec.type, Path(args.data_dir) / spec.folder)
             else:
                 raise ValueError("--shots needs --examples FILE or --task with --data-dir")
-            examples = sample_examples(pool, args.shots, seed=args.seed)
+            examples = sample_examples(pool, args.shots, seed=args.seed, task=args.task or "")
             if not examples:
                 logger.warning("No training examples for %s: encoding zero-shot", args.task)
         emb = Embedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,9 +27,7 @@ from mteb.models.model_meta import ScoringFunction
 
 from anna_embed import prompts as P
 from anna_embed.evaluate_data import LocalTask
-from anna_embed.evaluate_readers import EXTRA_TEST_FILES, read_beir
-from anna_embed.io import iter_jsonl
-from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task
+from anna_embed.tasks import TaskSpec, UnknownTaskError, few_shot_pool, get_task, sample_examples
 
 logger = logging.getLogger(__name__)
 
@@ -303,82 +300,13 @@ class EvalEncoder(AbsEncoder):
 # ------------------------------------------------------------------------------------------- few-shot
 
 
-def _clip(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[:max_chars].rstrip() + " ..."
-
-
 def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
-    """All candidate ``(query, response)`` pairs from a task's training data, and where they came from.
-
-    Per type: Classification (text, label name) from ``train``; STS (sentence1, sentence2) pairs scoring at
-    least 4 of 5 from ``train``/``validation``; PairClassification positive pairs from ``train``/``dev``/
-    ``validation`` (never a file MTEB counts as test); Retrieval (query, title + text of a relevant document)
-    from ``queries_train.jsonl`` + ``qrels/train.tsv``; Reranking (query, first positive) from ``train``.
-    Clustering and Summarization have no training split: the pool is empty (zero-shot, recorded).
-    """
-    folder = local.folder
-    if folder is None:
-        return [], "none (hub task)"
-    t = local.type
-    excluded = set(EXTRA_TEST_FILES.get(local.name, ()))
-    candidates = [f for f in ("train.jsonl", "dev.jsonl", "validation.jsonl") if f not in excluded]
-    for fname in candidates:
-        path = folder / fname
-        if not path.is_file():
-            continue
-        pool: list[P.Example] = []
-        for _, rec in iter_jsonl(path):
-            if t == "Classification" and "text" in rec:
-                pool.append((rec["text"], str(rec.get("label_text", rec.get("label")))))
-            elif (t == "STS" and rec.get("score", 0) >= 4.0) or (
-                t == "PairClassification" and rec.get("label") == 1
-            ):
-                pool.append((rec["sentence1"], rec["sentence2"]))
-            elif t == "Reranking" and rec.get("positive"):
-                pool.append((rec["query"], rec["positive"][0]))
-        if pool:
-            return pool, fname
-    if t == "Retrieval" and (folder / "qrels" / "train.tsv").is_file():
-        data = read_beir(folder, "train")
-        docs = {
-            d: f"{ti} {tx}".strip()
-            for d, ti, tx in zip(
-                data["corpus"]["id"], data["corpus"]["title"], data["corpus"]["text"], strict=True
-            )
-        }
-        pool = []
-        for qid, qtext in zip(data["queries"]["id"], data["queries"]["text"], strict=True):
-            rel = sorted(d for d, s in data["relevant_docs"][qid].items() if s > 0 and d in docs)
-            if rel:
-                pool.append((qtext, docs[rel[0]]))
-        return pool, "queries_train.jsonl + qrels/train.tsv"
-    return [], "none (no training split)"
+    """Few-shot candidates from a local task's training data (see :func:`anna_embed.tasks.few_shot_pool`)."""
+    return few_shot_pool(local.type, local.folder)
 
 
 def pick_examples(
     pool: Sequence[P.Example], k: int, *, seed: int, task: str, max_chars: int = 400
 ) -> list[P.Example]:
-    """``k`` examples drawn without replacement from ``pool`` with a RNG seeded by ``(seed, task)``.
-
-    Each side is clipped to ``max_chars`` characters so the prompt stays within the model's budget.
-    Classification draws are spread over labels first (one per label in a seeded order, then repeats).
-    """
-    if k <= 0 or not pool:
-        return []
-    rng = random.Random(f"{seed}:{task}")
-    idx = list(range(len(pool)))
-    rng.shuffle(idx)
-    chosen: list[int] = []
-    seen: set[str] = set()
-    for i in idx:  # distinct responses first (labels for classification), then anything
-        if pool[i][1] not in seen:
-            chosen.append(i)
-            seen.add(pool[i][1])
-        if len(chosen) == k:
-            break
-    for i in idx:
-        if len(chosen) == k:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    return [(_clip(pool[i][0], max_chars), _clip(pool[i][1], max_chars)) for i in chosen]
+    """``k`` seeded examples (see :func:`anna_embed.tasks.sample_examples`)."""
+    return sample_examples(pool, k, seed=seed, task=task, max_chars=max_chars)

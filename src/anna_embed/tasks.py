@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -365,76 +366,99 @@ def benchmark_tasks() -> list[TaskSpec]:
     return [t for t in _TASKS if t.in_benchmark]
 
 
-def few_shot_pool(task: str | TaskSpec, data_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """Candidate ``(query, response)`` few-shot pairs from a task's *training* split in ``data_dir``.
+def few_shot_pool(task_type: str, folder: str | os.PathLike[str] | None) -> tuple[list[tuple[str, str]], str]:
+    """Candidate ``(query, response)`` few-shot pairs from a task folder's *training* data, and their file.
 
-    Per type:
+    Per type (the first file that yields pairs wins):
 
     * Classification: ``(text, label text)`` from ``train.jsonl``;
-    * STS: ``(sentence1, sentence2)`` from ``train.jsonl``, pairs in the top fifth of the score scale;
-    * PairClassification: positive pairs of ``train.jsonl`` (else ``validation.jsonl``/``dev.jsonl``);
-    * Retrieval: ``(query, relevant document)`` from ``queries_train.jsonl``, ``qrels/train.tsv`` and
-      ``corpus.jsonl``.
+    * STS: ``(sentence1, sentence2)`` pairs scoring at least 80% of the scale's top from ``train.jsonl``,
+      else ``validation.jsonl``;
+    * PairClassification: positive pairs of ``train.jsonl``, ``dev.jsonl`` or ``validation.jsonl`` (never
+      TwitterURLCorpus' ``train_lowercased.jsonl``, which MTEB scores as test data);
+    * Reranking: ``(query, first positive)`` from ``train.jsonl``;
+    * Retrieval: ``(query, first relevant document)`` from ``queries_train.jsonl``, ``qrels/train.tsv``
+      and ``corpus.jsonl``.
 
-    Test data is never used. A task without a training split returns ``[]``; callers then encode
-    zero-shot (the documented fallback) and log it.
+    Test data is never used. Clustering, Summarization and folders without training data give ``[]``;
+    callers then encode zero-shot (the documented fallback) and record it.
     """
     from anna_embed.io import iter_jsonl
 
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
-    folder = Path(data_dir) / spec.folder
-    pairs: list[tuple[str, str]] = []
-    if spec.type == "Classification" and (folder / "train.jsonl").is_file():
-        for _, rec in iter_jsonl(folder / "train.jsonl", required=("text",)):
-            label = rec.get("label_text", rec.get("label"))
-            if label is not None and str(rec["text"]).strip():
-                pairs.append((str(rec["text"]).strip(), str(label)))
-    elif spec.type == "STS" and (folder / "train.jsonl").is_file():
-        rows = [
-            r for _, r in iter_jsonl(folder / "train.jsonl", required=("sentence1", "sentence2", "score"))
-        ]
-        top = max(float(r["score"]) for r in rows) if rows else 0.0
-        pairs = [(r["sentence1"], r["sentence2"]) for r in rows if float(r["score"]) >= 0.8 * top]
-    elif spec.type == "PairClassification":
-        # train.jsonl, else a dev split; never TwitterURLCorpus' train_lowercased.jsonl, which MTEB scores
-        found = [
-            folder / n for n in ("train.jsonl", "validation.jsonl", "dev.jsonl") if (folder / n).is_file()
-        ]
-        for _, r in iter_jsonl(found[0], required=("sentence1", "sentence2", "label")) if found else ():
-            if int(r["label"]) == 1:
-                pairs.append((r["sentence1"], r["sentence2"]))
-    elif spec.type == "Retrieval" and (folder / "qrels" / "train.tsv").is_file():
+    if folder is None:
+        return [], "none (no local folder)"
+    folder = Path(folder)
+    for name in ("train.jsonl", "dev.jsonl", "validation.jsonl"):
+        path = folder / name
+        if not path.is_file() or (task_type == "Classification" and name != "train.jsonl"):
+            continue
+        rows = [r for _, r in iter_jsonl(path, skip_blank=True)]
+        pool: list[tuple[str, str]] = []
+        if task_type == "Classification":
+            pool = [(str(r["text"]), str(r.get("label_text", r.get("label")))) for r in rows if r.get("text")]
+        elif task_type == "STS" and rows:
+            top = max(float(r["score"]) for r in rows)
+            pool = [(r["sentence1"], r["sentence2"]) for r in rows if float(r["score"]) >= 0.8 * top]
+        elif task_type == "PairClassification":
+            pool = [(r["sentence1"], r["sentence2"]) for r in rows if int(r.get("label", 0)) == 1]
+        elif task_type == "Reranking":
+            pool = [(r["query"], r["positive"][0]) for r in rows if r.get("positive")]
+        if pool:
+            return pool, name
+    qrels_path = folder / "qrels" / "train.tsv"
+    if task_type == "Retrieval" and qrels_path.is_file():
         queries = {
             r["_id"]: r["text"] for _, r in iter_jsonl(folder / "queries_train.jsonl", required=("_id",))
         }
         wanted: dict[str, str] = {}
-        with (folder / "qrels" / "train.tsv").open(encoding="utf-8") as fh:
+        with qrels_path.open(encoding="utf-8") as fh:
             next(fh, None)  # header
             for line in fh:
                 qid, did, score = line.rstrip("\n").split("\t")[:3]
-                if float(score) > 0 and qid in queries and qid not in wanted:
-                    wanted[qid] = did
-        docs_needed = set(wanted.values())
-        docs = {}
-        for _, r in iter_jsonl(folder / "corpus.jsonl", required=("_id",)):
-            if r["_id"] in docs_needed:
-                docs[r["_id"]] = (r.get("title", "") + " " + r.get("text", "")).strip()
-        pairs = [(queries[q], docs[d]) for q, d in wanted.items() if d in docs]
-    return pairs
+                if float(score) > 0 and qid in queries:
+                    wanted[qid] = min(did, wanted.get(qid, did))
+        needed = set(wanted.values())
+        docs = {
+            r["_id"]: f"{r.get('title', '')} {r.get('text', '')}".strip()
+            for _, r in iter_jsonl(folder / "corpus.jsonl", required=("_id",))
+            if r["_id"] in needed
+        }
+        pool = [(queries[q], docs[d]) for q, d in wanted.items() if d in docs]
+        return pool, "queries_train.jsonl + qrels/train.tsv"
+    return [], "none (no training split)"
 
 
 def sample_examples(
-    pool: list[tuple[str, str]], k: int, *, seed: int, max_chars: int = 400
+    pool: Sequence[tuple[str, str]], k: int, *, seed: int, task: str = "", max_chars: int = 400
 ) -> list[tuple[str, str]]:
-    """``k`` examples from ``pool``, chosen by ``seed`` alone; long texts are clipped to ``max_chars``.
+    """``k`` examples drawn without replacement from ``pool``, by a RNG seeded with ``(seed, task)``.
 
-    The same (pool, k, seed) always gives the same examples, so every query of an evaluation shares one
-    prefix (and its KV cache).
+    Distinct responses come first (for classification: one example per label before any repeat). Each
+    side is clipped to ``max_chars`` characters (marked `` ...``). The same arguments always give the
+    same examples, so every query of an evaluation shares one prefix (and its KV cache).
     """
     import random
 
     if k <= 0 or not pool:
         return []
-    rng = random.Random(seed)
-    picked = rng.sample(pool, min(k, len(pool)))
-    return [(q[:max_chars], r[:max_chars]) for q, r in picked]
+    rng = random.Random(f"{seed}:{task}")
+    order = list(range(len(pool)))
+    rng.shuffle(order)
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for i in order:  # distinct responses first
+        if len(chosen) == k:
+            break
+        if pool[i][1] not in seen:
+            chosen.append(i)
+            seen.add(pool[i][1])
+    for i in order:  # then anything not yet chosen
+        if len(chosen) == k:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return [(_clip(pool[i][0], max_chars), _clip(pool[i][1], max_chars)) for i in chosen]
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars].rstrip() + " ..."
