@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from anna_embed.io import InputError, iter_jsonl
+from anna_embed.io import InputError, iter_jsonl, text_list
 from anna_embed.prompts import DEFAULT_TEMPLATES, PromptTemplates, build_prompt
 from anna_embed.tasks import TASK_TYPES, TaskSpec, UnknownTaskError, get_task
 
@@ -83,13 +83,6 @@ def rng_for(seed: int, epoch: int, index: int, stream: int = _STREAM_RECORD) -> 
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, index, stream]))
 
 
-def _texts(value: Any, path: Path, line: int, name: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(t, str) and t.strip() for t in items):
-        raise InputError(path, line, "expected a non-empty string or a list of non-empty strings", field=name)
-    return tuple(items)
-
-
 def _scores(value: Any, n: int, path: Path, line: int, name: str) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -132,9 +125,11 @@ def parse_record(rec: dict[str, Any], *, path: Path, line: int, task: str | None
     pos_key = "pos" if "pos" in rec else "positive"
     if pos_key not in rec:
         raise InputError(path, line, "missing (need 'pos' or 'positive')", field="pos")
-    positives = _texts(rec[pos_key], path, line, pos_key)
+    positives = tuple(text_list(rec[pos_key], path, line, pos_key))
     neg_key = "neg" if "neg" in rec else "negative"
-    negatives = _texts(rec[neg_key], path, line, neg_key) if rec.get(neg_key) not in (None, []) else ()
+    negatives = (
+        tuple(text_list(rec[neg_key], path, line, neg_key)) if rec.get(neg_key) not in (None, []) else ()
+    )
     label = rec.get("label_text", rec.get("label"))
     instruction = rec.get("instruction")
     if instruction is not None and not isinstance(instruction, str):

@@ -75,6 +75,16 @@ def iter_jsonl(
             yield lineno, record
 
 
+def text_list(value: Any, path: str | os.PathLike[str], line: int, field: str) -> list[str]:
+    """A record field holding one text or a list of texts, as a list; anything else is an InputError."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(t, str) and t.strip() for t in items):
+        raise InputError(
+            path, line, "expected a non-empty string or a list of non-empty strings", field=field
+        )
+    return list(items)
+
+
 def read_jsonl(path: str | os.PathLike[str], *, required: Sequence[str] = ()) -> list[dict[str, Any]]:
     """All records of a JSONL file (see :func:`iter_jsonl`)."""
     return [rec for _, rec in iter_jsonl(path, required=required)]

@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from anna_embed import search
-from anna_embed.io import InputError, atomic_write, iter_jsonl
+from anna_embed.io import InputError, atomic_write, iter_jsonl, text_list
 from anna_embed.mine_report import mining_counts, summary_lines, write_reports
 from anna_embed.search import ProgressHook
 
@@ -262,13 +262,6 @@ class MiningQuery:
     lines: list[int] = field(default_factory=list)
 
 
-def _str_list(value: Any, path: Path, line: int, name: str) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
-        raise InputError(path, line, "expected a non-empty string or a list of non-empty strings", field=name)
-    return items
-
-
 def load_training(path: str | Path, *, default_task: str | None = None) -> list[MiningQuery]:
     """Read training records ``{query, positive, negative?, task?, instruction?}`` and merge duplicates.
 
@@ -284,8 +277,8 @@ def load_training(path: str | Path, *, default_task: str | None = None) -> list[
         query = rec["query"]
         if not isinstance(query, str) or not query.strip():
             raise InputError(p, line, "expected a non-empty string", field="query")
-        positives = _str_list(rec["positive"], p, line, "positive")
-        negatives = _str_list(rec["negative"], p, line, "negative") if rec.get("negative") else []
+        positives = text_list(rec["positive"], p, line, "positive")
+        negatives = text_list(rec["negative"], p, line, "negative") if rec.get("negative") else []
         task, instruction = rec.get("task", default_task), rec.get("instruction")
         for name, value in (("task", task), ("instruction", instruction)):
             if value is not None and not isinstance(value, str):
