@@ -325,21 +325,29 @@ def write_report(
     rows = []
     for label, info in evals.items():
         s = info.get("scores", {})
+        trained_on = set(info.get("run", {}).get("training_datasets") or ())
         rows.append(
             {
                 "model": label,
                 "name": info.get("model", ""),
                 **{t: s.get(t) for t in tasks},
                 "mean": mean_task(s, tasks),
+                "in_training": sorted(t for t in tasks if t in trained_on),
             }
         )
     fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731 - scores are already x100
     header = "| model | " + " | ".join(tasks) + " | Mean(Task) |"
     lines = [header, "|" + "---|" * (len(tasks) + 2)]
     lines += [
-        "| " + r["model"] + " | " + " | ".join(fmt(r[t]) for t in tasks) + f" | {fmt(r['mean'])} |"
+        "| "
+        + r["model"]
+        + " | "
+        + " | ".join(fmt(r[t]) + ("*" if t in r["in_training"] else "") for t in tasks)
+        + f" | {fmt(r['mean'])} |"
         for r in rows
     ]
+    if any(r["in_training"] for r in rows):
+        lines += ["", "\\* the model was trained on this task's training split (in-domain, not zero-shot)."]
     table = "\n".join(lines)
     mining = []
     for marker in sorted((root / "mine").glob("*/stage.json")):
