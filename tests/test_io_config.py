@@ -87,3 +87,17 @@ def test_config_errors_are_specific(tmp_path):
     bad.write_text("lr = [\n")
     with pytest.raises(config.ConfigError, match=r"bad\.toml"):
         config.load(Outer, bad)
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    from anna_embed.io import atomic_dir
+
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("v1")
+    assert (target / "a.txt").read_text() == "v1"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("v2 partial")
+        raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -13,13 +13,12 @@ The folder holds:
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anna_embed.io import atomic_dir
 from anna_embed.tasks import TASKS
 
 if TYPE_CHECKING:
@@ -47,16 +46,12 @@ def save_model(embedder: Embedder, path: Path) -> Path:
     from anna_embed.embedder import CONFIG_FILE
     from anna_embed.tokenization import append_eos_post_processor
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         model = embedder.model
         if hasattr(model, "merge_and_unload"):  # a peft-wrapped backbone: save plain merged weights
-            import copy
-
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(tmp)
-        tokenizer = copy_tokenizer(embedder.tokenizer)
+        tokenizer = copy.deepcopy(embedder.tokenizer)  # exporting must not change the live tokenizer
         tokenizer.model_max_length = embedder.config.max_length
         if embedder.config.kind == "decoder":
             append_eos_post_processor(tokenizer)
@@ -76,17 +71,4 @@ def save_model(embedder: Embedder, path: Path) -> Path:
         )
         st.save(str(tmp))
         (tmp / CONFIG_FILE).write_text(json.dumps(embedder.config.to_dict(), indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def copy_tokenizer(tokenizer):
-    """A deep copy, so exporting never changes the live tokenizer's behaviour."""
-    import copy
-
-    return copy.deepcopy(tokenizer)

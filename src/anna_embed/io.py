@@ -126,6 +126,27 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Text
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder in a temporary sibling; it replaces ``path`` only if the block succeeds.
+
+    An interrupted or failed build leaves any previous ``path`` untouched and no partial folder behind.
+    """
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON atomically, pretty-printed."""
     with atomic_write(path) as fh:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from anna_embed.io import atomic_dir
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "ANNA_EMBED_CACHE"
@@ -183,20 +185,12 @@ def pull(name: str) -> Path:
     target = cache_dir() / name
     if is_provisioned(name):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         _PROVISIONERS[name](tmp)
         spec = OFFLINE_MODELS[name]
         (tmp / PROVENANCE_FILE).write_text(
             json.dumps({"name": name, "packages": list(spec.packages), "kind": spec.kind}, indent=2)
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Provisioned %s at %s", name, target)
     return target
 
