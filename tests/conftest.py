@@ -40,7 +40,7 @@ def build_tokenizer(*, with_pad: bool = True):
 
 def build_backbone(arch: str, vocab_size: int, *, seed: int = 0) -> torch.nn.Module:
     """A 2-layer random backbone (hidden 32) of the given architecture, in eval mode."""
-    from transformers import AutoModel, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import AutoModel, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(
         vocab_size=vocab_size,
@@ -51,7 +51,15 @@ def build_backbone(arch: str, vocab_size: int, *, seed: int = 0) -> torch.nn.Mod
         num_key_value_heads=2,
         max_position_embeddings=512,
     )
-    config = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[arch](**common)
+    if arch == "gemma3":  # a sliding window shorter than the few-shot prefixes, to exercise the hybrid cache
+        common |= {"head_dim": 8, "sliding_window": 16}
+    classes = {
+        "llama": LlamaConfig,
+        "mistral": MistralConfig,
+        "qwen2": Qwen2Config,
+        "gemma3": Gemma3TextConfig,
+    }
+    config = classes[arch](**common)
     torch.manual_seed(seed)
     return AutoModel.from_config(config).eval()
 

@@ -1,4 +1,4 @@
-"""Embedder invariants on tiny random llama / mistral / qwen2 backbones."""
+"""Embedder invariants on tiny random llama / mistral / qwen2 / gemma3 backbones."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from anna_embed.embedder import Embedder, _truncate_dims
 from anna_embed.tokenization import encode_ids, special_ids
 
-ARCHS = ["llama", "mistral", "qwen2"]
+ARCHS = ["llama", "mistral", "qwen2", "gemma3"]
 TEXTS = [
     "A man is playing a guitar on the stage.",
     "Cats",
