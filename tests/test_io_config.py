@@ -25,7 +25,7 @@ def test_jsonl_errors_name_file_line_and_field(tmp_path):
     p.write_bytes(b'{"text": "\xff"}\n')
     with pytest.raises(InputError, match=r"x\.jsonl:1: invalid UTF-8"):
         read_jsonl(p)
-    p.write_text('[1, 2]\n')
+    p.write_text("[1, 2]\n")
     with pytest.raises(InputError, match="expected a JSON object"):
         read_jsonl(p)
     p.write_text('{"text": ""}\n')
@@ -65,7 +65,7 @@ class Outer:
 
 def test_config_file_plus_overrides(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('lr = 0.5\n[inner]\nrank = 4\n')
+    f.write_text("lr = 0.5\n[inner]\nrank = 4\n")
     cfg = config.load(Outer, f, ["inner.targets=a,b", "flag=true", "limit=3"])
     assert cfg == Outer(lr=0.5, flag=True, limit=3, inner=Inner(rank=4, targets=("a", "b")))
     assert config.build(Outer, {}, ["limit=none"]).limit is None
