@@ -162,3 +162,16 @@ def test_smollm2_pull_encode_and_prefix_cache():
     assert ((cached * full).sum(1) >= 0.9999).all()
     sims = emb.encode_documents(texts, task="STSBenchmark")
     assert sims[0] @ sims[1] > sims[0] @ sims[2]  # guitar ~ music, not stocks
+
+
+def test_streaming_from_an_iterator_in_chunks(saved_model, tmp_path):
+    emb, _ = saved_model
+    src = tmp_path / "x.txt"
+    src.write_text("".join(f"text number {i}\n" for i in range(5)))
+    out = tmp_path / "s.npy"
+    assert encode_rows(emb, iter_inputs(src), out, total=5, chunk_size=2) == 5
+    assert np.allclose(np.load(out), emb.encode([f"text number {i}" for i in range(5)]), atol=1e-5)
+    assert ids_path(out).read_text().split() == ["1", "2", "3", "4", "5"]
+    with pytest.raises(ValueError, match="expected 6 rows, got 5"):
+        encode_rows(emb, iter_inputs(src), tmp_path / "t.npy", total=6, chunk_size=2)
+    assert not (tmp_path / "t.npy").exists() and not ids_path(tmp_path / "t.npy").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,47 +46,70 @@ def ids_path(output: str | os.PathLike[str]) -> Path:
 
 def encode_rows(
     embedder: Embedder,
-    rows: list[tuple[str, str]],
+    rows: Iterable[tuple[str, str]],
     output_path: str | os.PathLike[str],
     *,
+    total: int | None = None,
     prefix: str = "",
     batch_size: int = 16,
     chunk_size: int = 10_000,
     dimensions: int | None = None,
 ) -> int:
-    """Embed ``(id, text)`` rows (from :func:`iter_inputs`) into ``output_path`` (``.npy``).
+    """Embed ``(id, text)`` rows (e.g. :func:`iter_inputs`) into ``output_path`` (``.npy``), streaming.
 
-    Returns the number of texts. Nothing is left at ``output_path`` unless every chunk succeeded.
+    Only one chunk of texts is in memory at a time: vectors go into a memory-mapped ``.npy`` and ids into
+    ``<output>.ids.txt`` as they are produced. ``total`` (the row count) sizes the matrix; it defaults to
+    ``len(rows)``. Returns the number of texts. Nothing is left at ``output_path`` (or its ids file)
+    unless every chunk succeeded.
     """
     import numpy as np
+    from tqdm.auto import tqdm
 
+    n = len(rows) if total is None else total  # type: ignore[arg-type]
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     dim = min(dimensions or embedder.dimension, embedder.dimension)
     tmp = out.with_name(f".{out.name}.partial")
-    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), dim))
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
     before = embedder.truncated_count
+    done = 0
     try:
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(rows), desc="encode", unit="text", disable=len(rows) <= chunk_size) as bar:
-            for start in range(0, len(rows), chunk_size):
-                chunk = [text for _, text in rows[start : start + chunk_size]]
-                vecs = embedder.encode(chunk, prefix=prefix, batch_size=batch_size, dimensions=dimensions)
-                matrix[start : start + len(chunk)] = vecs
+        with (
+            atomic_write(ids_path(out)) as ids_fh,
+            tqdm(total=n, desc="encode", unit="text", disable=n <= chunk_size) as bar,
+        ):
+            for chunk in _chunks(rows, chunk_size):
+                if done + len(chunk) > n:
+                    raise ValueError(f"more rows than the announced {n}")
+                texts = [t for _, t in chunk]
+                vecs = embedder.encode(texts, prefix=prefix, batch_size=batch_size, dimensions=dimensions)
+                matrix[done : done + len(chunk)] = vecs
+                ids_fh.writelines(f"{i}\n" for i, _ in chunk)
+                done += len(chunk)
                 bar.update(len(chunk))
-        matrix.flush()
-        del matrix
-        with atomic_write(ids_path(out)) as fh:
-            fh.writelines(f"{i}\n" for i, _ in rows)
-        os.replace(tmp, out)
+            if done != n:
+                raise ValueError(f"expected {n} rows, got {done}")
+            matrix.flush()
+            del matrix
+            os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     truncated = embedder.truncated_count - before
     if truncated:
-        logger.warning("%d of %d texts were truncated to max_length", truncated, len(rows))
-    return len(rows)
+        logger.warning("%d of %d texts were truncated to max_length", truncated, n)
+    return n
+
+
+def _chunks(rows: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    chunk: list[tuple[str, str]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -110,8 +133,8 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
         from anna_embed.embedder import Embedder
         from anna_embed.tasks import few_shot_pool, get_task, sample_examples
 
-        rows = list(iter_inputs(args.input))  # validate the whole file before loading anything
-        if not rows:
+        total = sum(1 for _ in iter_inputs(args.input))  # validate the whole file before loading anything
+        if not total:
             raise InputError(args.input, None, "no texts")
         if args.shots and args.role != "query":
             raise ValueError("--shots applies to --role query")
@@ -137,8 +160,9 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
             prefix = emb.document_prefix(args.task, instruction=args.instruction)
         n = encode_rows(
             emb,
-            rows,
+            iter_inputs(args.input),
             args.output,
+            total=total,
             prefix=prefix,
             batch_size=args.batch_size,
             dimensions=args.dimensions,
