@@ -285,9 +285,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
         models["teacher"] = cfg.eval.teacher
     scores: dict[str, dict[str, Any]] = {}
     for label, model in models.items():
-        fp = _fingerprint(
-            C.to_dict(cfg.eval), model, Path(student) / "model.safetensors" if label == "student" else model
-        )
+        # the student is identified by its training stage's fingerprint (config + data), not its path
+        fp = _fingerprint(C.to_dict(cfg.eval), model, tstage.fingerprint if label == "student" else "")
         stage = Stage(root / "eval", label, fp, force=force)
         if not stage.done():
             result = timed(
