@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from anna_embed import prompts as P
-from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task
+from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task, task_or_custom
 from anna_embed.tokenization import SpecialIds, encode_ids, pad_batch, prefix_ids, special_ids
 
 logger = logging.getLogger(__name__)
@@ -505,21 +505,14 @@ class Embedder:
         texts: list[str] = []
         for batch in inputs:
             texts.extend(batch["text"])
-        role = "document" if str(getattr(prompt_type, "value", prompt_type)) == "document" else "query"
-        name = task_metadata.name
-        try:
-            task: TaskSpec | None = get_task(name)
-            instruction = None
-        except UnknownTaskError:  # a user's own task: its description serves as the instruction
-            task, instruction = None, getattr(task_metadata, "description", None) or None
-        if role == "query":
-            prefix = self.query_prefix(
-                task, instruction=instruction, examples=self.task_examples.get(name, ())
-            )
-        elif task is None:
-            prefix = ""  # unknown asymmetric task: raw documents
+        # a user's own (unregistered) task: its description serves as the instruction
+        spec = task_or_custom(
+            task_metadata.name, task_metadata.type, getattr(task_metadata, "description", None)
+        )
+        if P.role_of(prompt_type) == "query":
+            prefix = self.query_prefix(spec, examples=self.task_examples.get(spec.name, ()))
         else:
-            prefix = self.document_prefix(task, instruction=instruction)
+            prefix = self.document_prefix(spec)
         return self.encode(
             texts,
             prefix=prefix,

@@ -27,7 +27,7 @@ from mteb.models.model_meta import ScoringFunction
 
 from anna_embed import prompts as P
 from anna_embed.evaluate_data import LocalTask
-from anna_embed.tasks import TaskSpec, UnknownTaskError, few_shot_pool, get_task, sample_examples
+from anna_embed.tasks import TaskSpec, few_shot_pool, sample_examples, task_or_custom
 
 logger = logging.getLogger(__name__)
 
@@ -229,20 +229,14 @@ class EvalEncoder(AbsEncoder):
             }
         )
 
-    def spec(self, task_name: str, task_type: str) -> TaskSpec:
-        """The registry entry, or one built from the local task's own instruction."""
-        try:
-            return get_task(task_name)
-        except UnknownTaskError:
-            local = self.tasks.get(task_name)
-            instruction = local.instruction if local is not None else "Represent the text."
-            return TaskSpec(name=task_name, type=task_type, instruction=instruction)  # type: ignore[arg-type]
-
     def prefix(self, task_name: str, task_type: str, prompt_type: Any) -> str:
-        """The prompt prefix for a task and mteb ``prompt_type`` (``None``: symmetric, query-side prompt)."""
-        spec = self.spec(task_name, task_type)
-        role = str(getattr(prompt_type, "value", prompt_type))
-        if role == "document":
+        """The prompt prefix for a task and mteb ``prompt_type`` (``None``: symmetric, query-side prompt).
+
+        An unregistered task (a user's own folder) uses its local instruction.
+        """
+        local = self.tasks.get(task_name)
+        spec = task_or_custom(task_name, task_type, local.instruction if local is not None else None)
+        if P.role_of(prompt_type) == "document":
             return self.model.document_prefix(spec)
         return self.model.query_prefix(spec, self.examples.get(task_name, ()))
 

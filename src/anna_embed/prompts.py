@@ -140,6 +140,14 @@ def document_prefix(
     return templates.document
 
 
+def role_of(prompt_type: object) -> Role:
+    """Our role for mteb's ``prompt_type`` (``PromptType.document`` -> document; query or None -> query).
+
+    mteb passes ``None`` for symmetric tasks, whose texts take the query-side prompt.
+    """
+    return "document" if str(getattr(prompt_type, "value", prompt_type)) == "document" else "query"
+
+
 def build_prompt(
     text: str,
     role: Role,

@@ -361,6 +361,22 @@ def get_task(name: str) -> TaskSpec:
     raise UnknownTaskError(f"Unknown task {name!r}.{hint} ({len(TASKS)} tasks are registered.)")
 
 
+#: Instruction of a user's own task that brings none.
+FALLBACK_INSTRUCTION = "Represent the text."
+
+
+def task_or_custom(name: str, type_: str, instruction: str | None = None) -> TaskSpec:
+    """The registry entry for ``name``, or an unregistered task of type ``type_`` (a user's own folder).
+
+    The custom task's instruction is ``instruction`` (e.g. its description) or
+    :data:`FALLBACK_INSTRUCTION`.
+    """
+    try:
+        return get_task(name)
+    except UnknownTaskError:
+        return TaskSpec(name=name, type=type_, instruction=instruction or FALLBACK_INSTRUCTION)  # type: ignore[arg-type]
+
+
 def benchmark_tasks() -> list[TaskSpec]:
     """The 41 tasks of MTEB(eng, v2), in registry order."""
     return [t for t in _TASKS if t.in_benchmark]
