@@ -380,15 +380,11 @@ class Embedder:
 
     def similarity(self, a: Any, b: Any) -> torch.Tensor:
         """Cosine similarity matrix (mteb protocol)."""
-        a_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(a), dtype=torch.float32), dim=-1)
-        b_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(b), dtype=torch.float32), dim=-1)
-        return a_t @ b_t.T
+        return _unit(a) @ _unit(b).T
 
     def similarity_pairwise(self, a: Any, b: Any) -> torch.Tensor:
         """Cosine similarity of aligned rows (mteb protocol)."""
-        a_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(a), dtype=torch.float32), dim=-1)
-        b_t = torch.nn.functional.normalize(torch.as_tensor(np.asarray(b), dtype=torch.float32), dim=-1)
-        return (a_t * b_t).sum(-1)
+        return (_unit(a) * _unit(b)).sum(-1)
 
     # ------------------------------------------------------------------ internals
     def _note_truncation(self, truncated: int) -> None:
@@ -520,6 +516,11 @@ class Embedder:
             dimensions=dimensions,
             show_progress=len(texts) > 1000,
         )
+
+
+def _unit(x: Any) -> torch.Tensor:
+    """Rows of an array or tensor as L2-normalised float32 tensor rows."""
+    return torch.nn.functional.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float32), dim=-1)
 
 
 def _truncate_dims(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
