@@ -317,20 +317,18 @@ class Embedder:
             return np.zeros((0, dimensions or self.dimension), dtype=np.float32)
         if show_progress is None:
             show_progress = len(texts) > 1000
-        if prefix:
-            self._checked_prefix_ids(prefix)
-        use_cache = prefix_cache and bool(prefix) and self.config.kind == "decoder"
-        if use_cache:
-            vectors = self._encode_prefix_cached(texts, prefix, batch_size, show_progress)
+        pre = self._checked_prefix_ids(prefix) if prefix else []
+        ids, truncated = encode_ids(
+            self.tokenizer,
+            [prefix + t for t in texts],
+            max_length=self.config.max_length,
+            append_eos=self.config.kind == "decoder",
+            specials=self.specials,
+        )
+        self._note_truncation(truncated)
+        if prefix_cache and pre and self.config.kind == "decoder":
+            vectors = self._encode_prefix_cached(ids, pre, batch_size, show_progress)
         else:
-            ids, truncated = encode_ids(
-                self.tokenizer,
-                [prefix + t for t in texts],
-                max_length=self.config.max_length,
-                append_eos=self.config.kind == "decoder",
-                specials=self.specials,
-            )
-            self._note_truncation(truncated)
             vectors = self._run_sorted(ids, batch_size, show_progress)
         return _truncate_dims(vectors, dimensions)
 
@@ -425,23 +423,15 @@ class Embedder:
 
     @torch.inference_mode()
     def _encode_prefix_cached(
-        self, texts: list[str], prefix: str, batch_size: int, show_progress: bool
+        self, full: list[list[int]], pre: list[int], batch_size: int, show_progress: bool
     ) -> np.ndarray:
-        """Run ``prefix`` once, then every text against a copy of its KV cache.
+        """Run the prefix ids ``pre`` once, then each text's remaining ids against a copy of its KV cache.
 
-        Token ids are exactly those of the uncached path (``encode_ids`` on ``prefix + text``): the prefix
-        ids must be a leading slice of each text's ids, which the newline-terminated templates guarantee;
-        texts where it does not hold (an exotic tokenizer) fall back to full recomputation.
+        ``full`` are the ids of the uncached path (``encode_ids`` on ``prefix + text``), so the result
+        matches it: the prefix ids must be a leading slice of each text's ids, which the
+        newline-terminated templates guarantee; texts where it does not hold (an exotic tokenizer) fall
+        back to full recomputation.
         """
-        full, truncated = encode_ids(
-            self.tokenizer,
-            [prefix + t for t in texts],
-            max_length=self.config.max_length,
-            append_eos=True,
-            specials=self.specials,
-        )
-        self._note_truncation(truncated)
-        pre = self._checked_prefix_ids(prefix)
         n_pre = len(pre)
         cached = [i for i, ids in enumerate(full) if ids[:n_pre] == pre and len(ids) > n_pre]
         cached_set = set(cached)
