@@ -17,10 +17,8 @@ which negatives, how many few-shot examples and which. The trainer only asks for
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,15 +156,6 @@ def load_records(source: DataSource) -> list[TrainRecord]:
     if not out:
         raise InputError(path, None, "no training records")
     return out
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file (for the training-data manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

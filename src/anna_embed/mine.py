@@ -24,7 +24,6 @@ with a manifest, a summary and a score histogram beside it (:mod:`anna_embed.min
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -36,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from anna_embed import search
-from anna_embed.io import InputError, atomic_write, iter_jsonl, text_list
+from anna_embed.io import InputError, atomic_write, file_sha256, iter_jsonl, text_list
 from anna_embed.mine_report import mining_counts, summary_lines, write_reports
 from anna_embed.search import ProgressHook
 
@@ -433,7 +432,7 @@ def run(
             queries, cands, is_pos, ranked, result, picks, len(records), num_negatives=cfg.num_negatives
         ),
         "anna_embed_version": __version__,
-        "output_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "output_sha256": file_sha256(out),
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     manifest["summary"] = summary_lines(manifest, n_corpus, len(docs) - n_corpus)

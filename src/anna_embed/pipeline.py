@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from anna_embed import config as C
 from anna_embed.data import DataSource
-from anna_embed.io import atomic_write, write_json
+from anna_embed.io import atomic_write, file_sha256, write_json
 from anna_embed.mine import MineConfig
 from anna_embed.train import DataSection, LoraSection, ModelSection, OptimSection, RunSection, TrainConfig
 
@@ -133,7 +133,7 @@ def _fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, Path) and part.is_file():
-            h.update(hashlib.sha256(part.read_bytes()).digest())
+            h.update(file_sha256(part).encode())
         else:
             h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from anna_embed import config as C
-from anna_embed.data import DataSource, TrainingSet, file_sha256, plan_batches
-from anna_embed.io import atomic_write, write_json
+from anna_embed.data import DataSource, TrainingSet, plan_batches
+from anna_embed.io import atomic_write, file_sha256, write_json
 
 if TYPE_CHECKING:
     import torch
