@@ -1,4 +1,4 @@
-"""The recipe's ablation: five training variants, same base model, data, steps and seed.
+"""The recipe's ablation: five training variants, same base model, data, steps, batch and seed.
 
 Variants (each a set of config overrides on one pipeline config):
 
@@ -9,20 +9,25 @@ Variants (each a set of config overrides on one pipeline config):
 * ``inbatch_only``: plain InfoNCE with in-batch negatives only (no hard negatives, no KL, no shots).
 
 Every variant runs :func:`anna_embed.pipeline.run` in ``OUT/<variant>`` with one shared cache, so teacher
-scores and the base model's and teacher's evaluation embeddings are computed once. The table ranks the
-five students, the untrained base and the teacher by Borda count (mteb's rule) and writes
-``OUT/ablation.md``.
+scores and the base model's and teacher's evaluation embeddings are computed once. The untrained base is
+evaluated once per prompt setting (with and without few-shot examples). ``OUT/ablation.md`` ranks the five
+students, the base and the teacher by Borda count (mteb's rule) and lists every task's score and what
+removing each pillar costs; ``OUT/ablation.json`` holds the same numbers.
 
     python benchmarks/ablation.py --config configs/ablation.toml --output outputs/ablation \
-        [--set train.optim.max_steps=200 ...] [--only full,no_shots]
+        [--set train.optim.max_steps=200 ...] [--only full,no_shots] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 VARIANTS: dict[str, list[str]] = {
     "full": [],
@@ -39,37 +44,106 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+def variant_config(config: str | Path, name: str, sets: Sequence[str], output: Path) -> Any:
+    """The pipeline config of one variant: ``config`` + ``sets`` + the variant's overrides."""
+    from anna_embed import config as C
+    from anna_embed.pipeline import PipelineConfig
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    cfg = C.load(PipelineConfig, config, [*sets, *VARIANTS[name]])
+    return replace(cfg, output_dir=str(output / name), cache_dir=str(output / "cache"))
+
+
+def result_folders(output: Path, names: Sequence[str]) -> dict[str, Path]:
+    """Row label -> evaluation folder: the students, the base once per prompt setting, the teacher."""
+    rows: dict[str, Path] = {}
+    for name in names:
+        root = output / name / "eval"
+        rows[name] = root / "student"
+        shots = json.loads((root / "base" / "run.json").read_text()).get("shots", 0)
+        rows.setdefault(f"base, untrained ({shots}-shot prompts)", root / "base")
+    for name in names:
+        if (output / name / "eval" / "teacher").is_dir():
+            rows.setdefault("teacher (all-MiniLM-L6-v2)", output / name / "eval" / "teacher")
+            break
+    return rows
+
+
+def per_task_table(rows: Sequence[Mapping[str, Any]], trained_on: Mapping[str, set[str]]) -> str:
+    """Markdown table: one row per model, one column per task (``*``: the model was trained on it)."""
+    from anna_embed.evaluate_report import fmt_score
+
+    tasks = list(rows[0]["per_task"]) if rows else []
+    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for r in rows:
+        seen = trained_on.get(r["model"], set())
+        cells = [fmt_score(r["per_task"][t]) + ("*" if t in seen else "") for t in tasks]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pillar_costs(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Mean(Task) of each variant minus the full recipe's (negative: removing the pillar costs points),
+    plus ``full_vs_inbatch_only``: the full recipe minus plain in-batch InfoNCE."""
+    mean = {r["model"]: r["mean_task"] for r in rows}
+    full = mean.get("full")
+
+    def diff(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(a - b, 2)
+
+    out = {name: diff(mean.get(name), full) for name in VARIANTS if name != "full" and name in mean}
+    out["full_vs_inbatch_only"] = diff(full, mean.get("inbatch_only"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline TOML shared by all variants")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--set", action="append", default=[], help="override applied to every variant")
-    parser.add_argument("--only", help="comma-separated subset of the variants")
+    parser.add_argument("--only", help="comma-separated subset of the variants, run in this order")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the tables from finished runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from anna_embed import config as C
     from anna_embed.evaluate_report import format_leaderboard, leaderboard
-    from anna_embed.pipeline import PipelineConfig, run
+    from anna_embed.io import atomic_write, write_json
+    from anna_embed.pipeline import run
 
     names = args.only.split(",") if args.only else list(VARIANTS)
-    shared_cache = args.output / "cache"
-    folders: dict[str, Path] = {}
-    for name in names:
-        cfg = C.load(PipelineConfig, args.config, [*args.set, *VARIANTS[name]])
-        cfg = replace(cfg, output_dir=str(args.output / name), cache_dir=str(shared_cache))
-        run(cfg, force=args.force)
-        root = Path(cfg.output_dir) / "eval"
-        folders[name] = root / "student"
-        folders.setdefault("base (untrained)", root / "base")
-        if (root / "teacher").is_dir():
-            folders.setdefault("teacher", root / "teacher")
-    rows = leaderboard([str(p) for p in folders.values()])
-    table = format_leaderboard(rows)
-    labels = "\n".join(f"- `{p}`: {name}" for name, p in folders.items())
-    text = f"# Ablation\n\nConfig: `{args.config}` + {args.set or 'no overrides'}\n\n{labels}\n\n{table}\n"
-    (args.output / "ablation.md").write_text(text, encoding="utf-8")
+    configs = {name: variant_config(args.config, name, args.set, args.output) for name in names}
+    wall: dict[str, float] = {}
+    if not args.report_only:
+        for name, cfg in configs.items():
+            t0 = time.perf_counter()
+            run(cfg, force=args.force)
+            wall[name] = round(time.perf_counter() - t0, 1)
+
+    folders = result_folders(args.output, names)
+    tasks = list(next(iter(configs.values())).eval.tasks)
+    rows = leaderboard(list(folders.values()), tasks=tasks, names=list(folders))
+    trained_on = {
+        label: set(json.loads((p / "run.json").read_text()).get("training_datasets") or ())
+        for label, p in folders.items()
+    }
+    costs = pillar_costs(rows)
+    cost_lines = "\n".join(f"- {k}: {v:+.2f}" if v is not None else f"- {k}: n/a" for k, v in costs.items())
+    labels = "\n".join(f"- {label}: `{p}`" for label, p in folders.items())
+    head = f"Config: `{args.config}` + {args.set or 'no overrides'}; variants: {', '.join(names)}"
+    text = (
+        f"# Ablation\n\n{head}\n\n"
+        f"{format_leaderboard(rows)}\n\n## Per task\n\n{per_task_table(rows, trained_on)}\n\n"
+        f"(* trained on this task's data)\n\n## Mean(Task) against the full recipe\n\n{cost_lines}\n\n"
+        f"## Result folders\n\n{labels}\n"
+    )
+    with atomic_write(args.output / "ablation.md") as fh:
+        fh.write(text)
+    write_json(
+        args.output / "ablation.json",
+        {"config": str(args.config), "sets": args.set, "rows": rows, "costs": costs, "wall_s": wall},
+    )
     print(text)
 
 

@@ -120,6 +120,11 @@ def test_leaderboard_ranks_result_folders(tmp_path):
     assert by_model["m3"]["mean_task"] is None
     assert by_model["m1"]["mean_task"] == pytest.approx(65.0)
     assert math.isclose(by_model["m1"]["per_type"]["Retrieval"], 60.0)
+    named = leaderboard([tmp_path / "m1", tmp_path / "m2"], names=["full", "plain"])
+    assert [(r["model"], r["borda_points"]) for r in named] == [("full", 1.0), ("plain", 1.0)]
+    assert named[0]["per_task"] == {"SciFact": pytest.approx(60.0), "STS12": pytest.approx(70.0)}
+    with pytest.raises(ValueError, match="1 names for 2"):
+        leaderboard([tmp_path / "m1", tmp_path / "m2"], names=["full"])
 
 
 def test_resolve_tasks_benchmark_has_41_tasks():

@@ -245,12 +245,20 @@ def bar_chart(path: Path, title: str, rows: Sequence[Mapping[str, Any]], *, limi
     tmp.replace(path)
 
 
-def leaderboard(folders: Sequence[str | Path], *, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rank result folders by Borda count; rows carry points, rank, Mean(Task), Mean(TaskType)."""
+def leaderboard(
+    folders: Sequence[str | Path], *, tasks: Sequence[str] | None = None, names: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rank result folders by Borda count; rows carry points, rank, Mean(Task), Mean(TaskType).
+
+    ``names`` labels the rows (one per folder); by default a row is named by the model of its run.
+    """
+    if names is not None and len(names) != len(folders):
+        raise ValueError(f"{len(names)} names for {len(folders)} result folders")
     table: dict[str, dict[str, float | None]] = {}
     types: dict[str, str] = {}
-    for folder in folders:
+    for i, folder in enumerate(folders):
         name, scores, run = read_results(folder)
+        name = names[i] if names is not None else name
         if name in table:
             name = f"{name} ({folder})"
         table[name] = dict(scores)

@@ -1,0 +1,115 @@
+"""The ablation script's variant overrides and tables (benchmarks/ablation.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
+    cfg = {
+        n: ablation.variant_config(ROOT / "configs" / "ablation.toml", n, [], tmp_path)
+        for n in ablation.VARIANTS
+    }
+    full = cfg["full"]
+    assert full.train.data.max_shots > 0 and full.eval.shots > 0 and full.train.loss.kl_weight > 0
+    assert full.mine.relative_margin is not None and full.train.data.group_size > 1
+    assert full.cache_dir == str(tmp_path / "cache") and full.output_dir == str(tmp_path / "full")
+    # everything the variants share: steps, batch, seed, data, base model, evaluated tasks
+    for c in cfg.values():
+        assert (c.train.optim, c.seed, c.sources, c.train.model, c.eval.tasks, c.cache_dir) == (
+            full.train.optim,
+            full.seed,
+            full.sources,
+            full.train.model,
+            full.eval.tasks,
+            full.cache_dir,
+        )
+    assert (cfg["no_shots"].train.data.max_shots, cfg["no_shots"].eval.shots) == (0, 0)
+    assert cfg["no_shots"].train.loss == full.train.loss and cfg["no_shots"].mine == full.mine
+    assert cfg["no_soft_labels"].train.loss.kl_weight == 0
+    assert cfg["no_soft_labels"].train.data == full.train.data and cfg["no_soft_labels"].mine == full.mine
+    nm = cfg["no_margin_filter"].mine
+    assert nm.relative_margin is None and nm.absolute_margin is None and nm.top_k == full.mine.top_k
+    assert cfg["no_margin_filter"].train == full.train
+    ib = cfg["inbatch_only"]
+    assert (ib.train.data.group_size, ib.train.loss.kl_weight, ib.train.data.max_shots, ib.eval.shots) == (
+        1,
+        0,
+        0,
+        0,
+    )
+    assert ib.train.data.in_batch == "always"
+    with pytest.raises(ValueError, match="unknown variant"):
+        ablation.variant_config(ROOT / "configs" / "ablation.toml", "no_lora", [], tmp_path)
+
+
+def test_ablation_config_evaluates_no_task_it_trains_on():
+    from anna_embed import config as C
+    from anna_embed.pipeline import PipelineConfig
+
+    cfg = C.load(PipelineConfig, ROOT / "configs" / "ablation.toml")
+    trained = {s.task for s in cfg.sources}
+    assert trained and not trained & set(cfg.eval.tasks)
+    assert cfg.eval.limit is None  # full test sets
+
+
+def _row(model, mean, per_task):
+    return {"model": model, "mean_task": mean, "per_task": per_task}
+
+
+def test_pillar_costs_are_differences_to_the_full_recipe(ablation):
+    rows = [
+        _row("full", 30.0, {}),
+        _row("no_shots", 28.5, {}),
+        _row("inbatch_only", 27.25, {}),
+        _row("no_soft_labels", None, {}),
+    ]
+    assert ablation.pillar_costs(rows) == {
+        "no_shots": -1.5,
+        "no_soft_labels": None,
+        "inbatch_only": -2.75,
+        "full_vs_inbatch_only": 2.75,
+    }
+
+
+def test_per_task_table_marks_trained_tasks(ablation):
+    rows = [
+        _row("full", 0, {"STS12": 50.0, "Banking77Classification": 12.5}),
+        _row("teacher", 0, {"STS12": 70.0, "Banking77Classification": None}),
+    ]
+    text = ablation.per_task_table(rows, {"full": {"Banking77Classification"}})
+    lines = text.splitlines()
+    assert lines[0] == "| model | STS12 | Banking77Classification |"
+    assert lines[2:] == ["| full | 50.00 | 12.50* |", "| teacher | 70.00 |  |"]
+
+
+def test_result_folders_keep_one_base_per_prompt_setting(ablation, tmp_path):
+    for name, shots in [("full", 1), ("no_soft_labels", 1), ("no_shots", 0)]:
+        base = tmp_path / name / "eval" / "base"
+        base.mkdir(parents=True)
+        (base / "run.json").write_text(json.dumps({"shots": shots}))
+        (tmp_path / name / "eval" / "teacher").mkdir()
+    rows = ablation.result_folders(tmp_path, ["full", "no_soft_labels", "no_shots"])
+    assert list(rows) == [
+        "full",
+        "base, untrained (1-shot prompts)",
+        "no_soft_labels",
+        "no_shots",
+        "base, untrained (0-shot prompts)",
+        "teacher (all-MiniLM-L6-v2)",
+    ]
+    assert rows["base, untrained (0-shot prompts)"] == tmp_path / "no_shots" / "eval" / "base"
