@@ -98,6 +98,34 @@ def test_cache_makes_a_rerun_encode_nothing(tmp_path, backend):
     assert second["scores"] == first["scores"]
 
 
+def test_prompt_too_long_for_max_length_fails_before_any_encoding(tmp_path, backend):
+    from dataclasses import replace
+
+    from anna_embed.evaluate import run_eval
+    from anna_embed.tasks import task_or_custom
+
+    # a budget that fits the STS prompt but not the (longer) Banking77 one, which comes second
+    n = {
+        t: backend.emb.check_prefix(backend.query_prefix(task_or_custom(t, ty, None), ()))
+        for t, ty in [("STSBenchmark", "STS"), ("Banking77Classification", "Classification")]
+    }
+    assert n["STSBenchmark"] < n["Banking77Classification"] - 1
+    backend.emb.config = replace(backend.emb.config, max_length=n["Banking77Classification"])
+    calls = []
+    backend.encode = lambda texts, prefix, bs: calls.append(len(texts))
+    with pytest.raises(ValueError, match=r"^Banking77Classification: The prompt prefix takes \d+ tokens"):
+        run_eval(
+            "tiny",
+            ["STSBenchmark", "Banking77Classification"],
+            data_dir=FIXTURES,
+            output=tmp_path / "run",
+            backend=backend,
+            shots=0,
+            show_progress=False,
+        )
+    assert calls == [] and not list((tmp_path / "run").glob("*.json"))
+
+
 def test_cached_vectors_equal_fresh_ones(tmp_path, backend):
     from anna_embed.evaluate_model import EmbeddingCache, EvalEncoder
 

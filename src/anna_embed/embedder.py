@@ -394,6 +394,10 @@ class Embedder:
                 self.config.max_length,
             )
 
+    def check_prefix(self, prefix: str) -> int:
+        """Tokens ``prefix`` takes; a ``ValueError`` when it leaves no room for text within ``max_length``."""
+        return len(self._checked_prefix_ids(prefix))
+
     def _checked_prefix_ids(self, prefix: str) -> list[int]:
         """Token ids of ``prefix``; an error when it leaves no room for text within ``max_length``."""
         pre = prefix_ids(self.tokenizer, prefix, specials=self.specials)

@@ -121,6 +121,7 @@ def run_eval(
     timing: dict[str, float] = {}
     errors: dict[str, str] = {}
     try:
+        enc.check_prompts()  # a prompt too long for max_length fails here, before any task is encoded
         for name, lt in local.items():
             t0 = time.monotonic()
             logger.info("Evaluating %s (%s, %s)", name, lt.type, lt.folder or "hub")

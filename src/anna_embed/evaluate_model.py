@@ -98,6 +98,9 @@ class EmbedderBackend:
     def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
         return self.emb.encode(texts, prefix=prefix, batch_size=batch_size, show_progress=False)
 
+    def check_prefix(self, prefix: str) -> None:
+        self.emb.check_prefix(prefix)
+
 
 class SentenceTransformerBackend:
     """``SentenceTransformer`` itself; no instructions unless asked (as in published MTEB runs)."""
@@ -239,6 +242,18 @@ class EvalEncoder(AbsEncoder):
         if P.role_of(prompt_type) == "document":
             return self.model.document_prefix(spec)
         return self.model.query_prefix(spec, self.examples.get(task_name, ()))
+
+    def check_prompts(self) -> None:
+        """Build every task's query-side prompt (the one carrying examples) before anything is encoded, so
+        a prompt that leaves no room for text within ``max_length`` fails at once, naming the task."""
+        check = getattr(self.model, "check_prefix", None)
+        if check is None:
+            return
+        for name, local in self.tasks.items():
+            try:
+                check(self.prefix(name, local.type, None))
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
 
     def encode(
         self,
