@@ -50,7 +50,8 @@ def run_ours(a: argparse.Namespace) -> dict[str, float]:
 
     from anna_embed import config as C
     from anna_embed.data import DataSource
-    from anna_embed.train import TrainConfig, Trainer
+    from anna_embed.train import Trainer
+    from anna_embed.train_config import TrainConfig
 
     n = a.steps * a.batch_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +117,7 @@ def run_st(a: argparse.Namespace) -> dict[str, float]:
     from anna_embed.models import resolve
     from anna_embed.prompts import build_prompt
     from anna_embed.tasks import get_task
-    from anna_embed.train import LoraSection
+    from anna_embed.train_config import LoraSection
 
     n = a.steps * a.batch_size
     spec = get_task(a.task)

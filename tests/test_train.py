@@ -16,14 +16,13 @@ from anna_embed import config as C
 from anna_embed.data import DataSource, TrainingSet, load_records
 from anna_embed.tasks import get_task
 from anna_embed.train import (
-    LoraSection,
-    TrainConfig,
     Trainer,
     TrainingDivergedError,
     latest_checkpoint,
     lr_factor,
     train,
 )
+from anna_embed.train_config import LoraSection, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -352,7 +351,8 @@ import json, sys
 from dataclasses import replace
 from anna_embed import config as C
 from anna_embed.data import DataSource
-from anna_embed.train import TrainConfig, train
+from anna_embed.train import train
+from anna_embed.train_config import TrainConfig
 cfg = C.load(TrainConfig, sys.argv[1])
 train(replace(cfg, data=replace(cfg.data, sources=(DataSource(sys.argv[2]),))))
 """
@@ -394,3 +394,11 @@ def test_two_processes_match_one_process_on_concatenated_batch(tiny, tmp_path: P
     assert results[1][0] == pytest.approx(results[2][0], rel=1e-5)
     for k, v in results[1][1].items():
         assert torch.allclose(v, results[2][1][k], atol=1e-5), k
+
+
+def test_train_config_loads_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, anna_embed.train_config; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

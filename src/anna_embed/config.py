@@ -1,7 +1,7 @@
 """Typed configuration: frozen dataclasses, TOML files, ``--set a.b=c`` overrides, saved with artifacts.
 
 Each stage declares its section as a frozen dataclass next to the code that uses it (``MineConfig`` in
-:mod:`anna_embed.mine`, ``TrainConfig`` in :mod:`anna_embed.train`, ...); this module holds the one
+:mod:`anna_embed.mine`, ``TrainConfig`` in :mod:`anna_embed.train_config`, ...); this module holds the one
 mechanism that builds them from a file plus overrides and writes the resolved result beside every
 artifact. Defaults live only in the dataclass fields.
 

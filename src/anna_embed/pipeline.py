@@ -26,7 +26,14 @@ from anna_embed import config as C
 from anna_embed.data import DataSource
 from anna_embed.io import atomic_write, file_sha256, write_json
 from anna_embed.mine import MineConfig
-from anna_embed.train import DataSection, LoraSection, ModelSection, OptimSection, RunSection, TrainConfig
+from anna_embed.train_config import (
+    DataSection,
+    LoraSection,
+    ModelSection,
+    OptimSection,
+    RunSection,
+    TrainConfig,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,14 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from anna_embed import config as C
 from anna_embed.data import DataSource, TrainingSet, plan_batches
 from anna_embed.io import atomic_write, file_sha256, write_json
+from anna_embed.train_config import LoraSection, TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -40,153 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
-
-
-@dataclass(frozen=True)
-class ModelSection:
-    """The backbone.
-
-    Attributes:
-        name: Short name, local folder or hub id (see :func:`anna_embed.models.resolve`).
-        pooling: ``last`` (the EOS token, the recipe's choice) or ``mean``.
-        dtype: Dtype of the frozen base weights: ``auto`` picks bf16 where the CPU/GPU supports it.
-        max_length: Token budget per text, prompt and few-shot block included.
-        gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower).
-    """
-
-    name: str = "smollm2-135m-instruct"
-    pooling: Literal["last", "mean"] = "last"
-    dtype: Literal["float32", "bfloat16", "auto"] = "auto"
-    max_length: int = 512
-    gradient_checkpointing: bool = False
-
-
-@dataclass(frozen=True)
-class LoraSection:
-    """LoRA adapter (peft). ``enabled = false`` trains every weight.
-
-    Defaults: rank 16 and alpha 32 (alpha = 2 * rank keeps the update scale fixed when the rank changes)
-    on every attention and MLP projection, as E5-Mistral and BGE-EN-ICL train their decoders; dropout 0.05
-    is a light regulariser for the small data mixes this runs on.
-    """
-
-    enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
-
-
-@dataclass(frozen=True)
-class DataSection:
-    """Training data and how batches are formed (see :mod:`anna_embed.data`).
-
-    Attributes:
-        sources: The JSONL files (``[[data.sources]] path = ..., task = ..., max_records = ...``).
-        group_size: ``G``: 1 positive + ``G - 1`` negatives per query.
-        max_shots: ``K``: each query gets ``k ~ U{0..K}`` few-shot examples of its task (0: none).
-        shot_max_chars: Each example's query and response are cut to this many characters.
-        in_batch: ``by_type`` (in-batch negatives except classification/clustering), ``always``, ``never``.
-    """
-
-    sources: tuple[DataSource, ...] = ()
-    group_size: int = 4
-    max_shots: int = 3
-    shot_max_chars: int = 300
-    in_batch: Literal["by_type", "always", "never"] = "by_type"
-
-
-@dataclass(frozen=True)
-class LossSection:
-    """Loss = InfoNCE(scores / tau_s) + kl_weight * KL(softmax(teacher / tau_t) || softmax(student / tau_s)).
-
-    Attributes:
-        student_temperature: ``tau_s`` (0.02, as the recipe).
-        teacher_temperature: ``tau_t``; teacher scores are divided by it as written by the mining step. The
-            default fits the default mining teacher (cosine scores of a bi-encoder, range [-1, 1]); use about
-            1.0 for a cross-encoder's logits.
-        kl_weight: ``lambda``; 0 disables distillation.
-        grad_cache_chunk: Texts per forward in GradCache mode (0: plain, all texts in one forward).
-    """
-
-    student_temperature: float = 0.02
-    teacher_temperature: float = 0.05
-    kl_weight: float = 1.0
-    grad_cache_chunk: int = 0
-
-
-@dataclass(frozen=True)
-class OptimSection:
-    """Optimiser and schedule.
-
-    Attributes:
-        batch_size: Queries per process per step (the global batch is ``batch_size * processes``).
-        lr: AdamW peak learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up steps.
-        scheduler: Decay after warm-up.
-        epochs: Passes over the data (ignored when ``max_steps`` is set).
-        max_steps: Total optimisation steps.
-        grad_clip: Max global gradient norm (0: off).
-        mixed_precision: Autocast for the forward (``bf16`` on GPUs that support it).
-    """
-
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    epochs: int = 1
-    max_steps: int | None = None
-    grad_clip: float = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-
-
-@dataclass(frozen=True)
-class RunSection:
-    """Where and how the run reports and survives.
-
-    Attributes:
-        output_dir: Run folder: checkpoints/, metrics.jsonl, loss.png, model/.
-        seed: Seed of everything random (batches, shots, negatives, init, dropout).
-        save_every: Checkpoint every this many steps (0: only at the end).
-        keep_checkpoints: Newest checkpoints kept.
-        log_every: Metrics row every this many steps.
-        eval_every: Quick dev evaluation every this many steps (0: off).
-        eval_file: STS-style JSONL ``{sentence1, sentence2, score}`` for the quick evaluation.
-        eval_task: Task whose instruction the quick evaluation uses.
-        eval_max_pairs: Pairs used by the quick evaluation.
-    """
-
-    output_dir: str = "outputs/train"
-    seed: int = 0
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    eval_every: int = 0
-    eval_file: str | None = None
-    eval_task: str = "STSBenchmark"
-    eval_max_pairs: int = 200
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; saved beside every checkpoint and the final model."""
-
-    model: ModelSection = field(default_factory=ModelSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    data: DataSection = field(default_factory=DataSection)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    run: RunSection = field(default_factory=RunSection)
 
 
 class TrainingDivergedError(RuntimeError):
