@@ -70,19 +70,6 @@ def result_folders(output: Path, names: Sequence[str]) -> dict[str, Path]:
     return rows
 
 
-def per_task_table(rows: Sequence[Mapping[str, Any]], trained_on: Mapping[str, set[str]]) -> str:
-    """Markdown table: one row per model, one column per task (``*``: the model was trained on it)."""
-    from anna_embed.evaluate_report import fmt_score
-
-    tasks = list(rows[0]["per_task"]) if rows else []
-    lines = ["| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-    for r in rows:
-        seen = trained_on.get(r["model"], set())
-        cells = [fmt_score(r["per_task"][t]) + ("*" if t in seen else "") for t in tasks]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def pillar_costs(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     """Mean(Task) of each variant minus the full recipe's (negative: removing the pillar costs points),
     plus ``full_vs_inbatch_only``: the full recipe minus plain in-batch InfoNCE."""
@@ -108,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from anna_embed.evaluate_report import format_leaderboard, leaderboard
+    from anna_embed.evaluate_report import format_leaderboard, leaderboard, task_table
     from anna_embed.io import atomic_write, write_json
     from anna_embed.pipeline import run
 
@@ -131,10 +118,11 @@ def main() -> None:
     costs = pillar_costs(rows)
     cost_lines = "\n".join(f"- {k}: {v:+.2f}" if v is not None else f"- {k}: n/a" for k, v in costs.items())
     labels = "\n".join(f"- {label}: `{p}`" for label, p in folders.items())
+    per_task = task_table({r["model"]: r["per_task"] for r in rows}, tasks, trained_on=trained_on)
     head = f"Config: `{args.config}` + {args.set or 'no overrides'}; variants: {', '.join(names)}"
     text = (
         f"# Ablation\n\n{head}\n\n"
-        f"{format_leaderboard(rows)}\n\n## Per task\n\n{per_task_table(rows, trained_on)}\n\n"
+        f"{format_leaderboard(rows)}\n\n## Per task\n\n{per_task}\n\n"
         f"(* trained on this task's data)\n\n## Mean(Task) against the full recipe\n\n{cost_lines}\n\n"
         f"## Result folders\n\n{labels}\n"
     )

@@ -86,17 +86,6 @@ def test_pillar_costs_are_differences_to_the_full_recipe(ablation):
     }
 
 
-def test_per_task_table_marks_trained_tasks(ablation):
-    rows = [
-        _row("full", 0, {"STS12": 50.0, "Banking77Classification": 12.5}),
-        _row("teacher", 0, {"STS12": 70.0, "Banking77Classification": None}),
-    ]
-    text = ablation.per_task_table(rows, {"full": {"Banking77Classification"}})
-    lines = text.splitlines()
-    assert lines[0] == "| model | STS12 | Banking77Classification |"
-    assert lines[2:] == ["| full | 50.00 | 12.50* |", "| teacher | 70.00 |  |"]
-
-
 def test_result_folders_keep_one_base_per_prompt_setting(ablation, tmp_path):
     for name, shots in [("full", 1), ("no_soft_labels", 1), ("no_shots", 0)]:
         base = tmp_path / name / "eval" / "base"

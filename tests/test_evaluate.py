@@ -127,6 +127,27 @@ def test_leaderboard_ranks_result_folders(tmp_path):
         leaderboard([tmp_path / "m1", tmp_path / "m2"], names=["full"])
 
 
+def test_task_table_marks_trained_tasks_and_missing_scores():
+    from anna_embed.evaluate_report import task_table
+
+    scores = {
+        "full": {"STS12": 50.0, "Banking77Classification": 12.5},
+        "teacher": {"STS12": 70.0, "Banking77Classification": None},
+    }
+    lines = task_table(
+        scores, ["STS12", "Banking77Classification"], trained_on={"full": {"Banking77Classification"}}
+    )
+    assert lines.splitlines() == [
+        "| model | STS12 | Banking77Classification |",
+        "|---|---|---|",
+        "| full | 50.00 | 12.50* |",
+        "| teacher | 70.00 | — |",
+    ]
+    with_mean = task_table(scores, ["STS12", "Banking77Classification"], mean=True).splitlines()
+    assert with_mean[0].endswith("| Mean(Task) |") and with_mean[1] == "|---|---|---|---|"
+    assert with_mean[2:] == ["| full | 50.00 | 12.50 | 31.25 |", "| teacher | 70.00 | — | — |"]
+
+
 def test_resolve_tasks_benchmark_has_41_tasks():
     names = resolve_tasks(None, "MTEB(eng, v2)")
     assert len(names) == 41 and "STS17" in names and "SummEvalSummarization.v2" in names

@@ -286,6 +286,30 @@ def leaderboard(
     return sorted(rows, key=lambda r: (r["rank"], r["model"]))
 
 
+def task_table(
+    scores: Mapping[str, Mapping[str, float | None]],
+    tasks: Sequence[str],
+    *,
+    trained_on: Mapping[str, Sequence[str] | set[str]] | None = None,
+    mean: bool = False,
+) -> str:
+    """Markdown table: a row per model (``scores``: label -> task -> score x100), a column per task.
+
+    A missing score shows as ``—``; a ``*`` marks a task the model was trained on (``trained_on``: label ->
+    task names); ``mean`` adds a Mean(Task) column.
+    """
+    fmt = lambda v: fmt_score(v) or "—"  # noqa: E731
+    head = ["model", *tasks, *(["Mean(Task)"] if mean else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row in scores.items():
+        seen = set((trained_on or {}).get(label, ()))
+        cells = [fmt(row.get(t)) + ("*" if t in seen else "") for t in tasks]
+        if mean:
+            cells.append(fmt(mean_task(row, tasks)))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_leaderboard(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of :func:`leaderboard` rows."""
     types = [t for t in TASK_TYPES if any(t in r["per_type"] for r in rows)]

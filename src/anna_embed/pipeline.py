@@ -323,7 +323,7 @@ def write_report(
     root: Path, cfg: PipelineConfig, evals: dict[str, dict[str, Any]], timings: dict[str, float]
 ) -> dict[str, Any]:
     """``report/README.md`` (table, timings, mining summaries) and PNGs; returns the table."""
-    from anna_embed.evaluate_report import mean_task
+    from anna_embed.evaluate_report import mean_task, task_table
 
     rep = root / "report"
     rep.mkdir(parents=True, exist_ok=True)
@@ -341,16 +341,13 @@ def write_report(
                 "in_training": sorted(t for t in tasks if t in trained_on),
             }
         )
-    fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731 - scores are already x100
-    header = "| model | " + " | ".join(tasks) + " | Mean(Task) |"
-    lines = [header, "|" + "---|" * (len(tasks) + 2)]
-    lines += [
-        "| "
-        + r["model"]
-        + " | "
-        + " | ".join(fmt(r[t]) + ("*" if t in r["in_training"] else "") for t in tasks)
-        + f" | {fmt(r['mean'])} |"
-        for r in rows
+    lines = [
+        task_table(
+            {r["model"]: r for r in rows},
+            tasks,
+            trained_on={r["model"]: r["in_training"] for r in rows},
+            mean=True,
+        )
     ]
     if any(r["in_training"] for r in rows):
         lines += ["", "\\* the model was trained on this task's training split (in-domain, not zero-shot)."]
