@@ -6,7 +6,11 @@ Variants (each a set of config overrides on one pipeline config):
 * ``no_shots``: no few-shot examples in training or evaluation (instructions kept);
 * ``no_soft_labels``: InfoNCE only (``train.loss.kl_weight = 0``);
 * ``no_margin_filter``: raw top-k mined negatives (both margins off);
-* ``inbatch_only``: plain InfoNCE with in-batch negatives only (no hard negatives, no KL, no shots).
+* ``inbatch_only``: plain InfoNCE with in-batch negatives only (no hard negatives, no KL, no shots);
+  classification keeps the same group-only rule and label negatives as every other variant;
+* ``label_layout``: the full recipe with BGE-EN-ICL's classification records (positive = the label's
+  text, negatives = other labels' texts) instead of another text of the same label (not run by
+  default: ``--only full,label_layout``).
 
 Every variant runs :func:`anna_embed.pipeline.run` in ``OUT/<variant>`` with one shared cache, so teacher
 scores and the base model's and teacher's evaluation embeddings are computed once. The untrained base is
@@ -35,13 +39,15 @@ VARIANTS: dict[str, list[str]] = {
     "no_soft_labels": ["train.loss.kl_weight=0"],
     "no_margin_filter": ["mine.relative_margin=none", "mine.absolute_margin=none"],
     "inbatch_only": [
-        "train.data.group_size=1",
+        "train.data.in_batch_group_size=1",
         "train.loss.kl_weight=0",
         "train.data.max_shots=0",
-        "train.data.in_batch=always",
         "eval.shots=0",
     ],
+    "label_layout": ["classification_layout=label"],
 }
+#: The variants run without ``--only``: the recipe and one removal per pillar.
+PILLARS = ("full", "no_shots", "no_soft_labels", "no_margin_filter", "inbatch_only")
 
 
 def variant_config(config: str | Path, name: str, sets: Sequence[str], output: Path) -> Any:
@@ -99,7 +105,7 @@ def main() -> None:
     from anna_embed.io import atomic_write, write_json
     from anna_embed.pipeline import run
 
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    names = args.only.split(",") if args.only else list(PILLARS)
     configs = {name: variant_config(args.config, name, args.set, args.output) for name in names}
     wall: dict[str, float] = {}
     if not args.report_only:

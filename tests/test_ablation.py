@@ -46,13 +46,18 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     assert nm.relative_margin is None and nm.absolute_margin is None and nm.top_k == full.mine.top_k
     assert cfg["no_margin_filter"].train == full.train
     ib = cfg["inbatch_only"]
-    assert (ib.train.data.group_size, ib.train.loss.kl_weight, ib.train.data.max_shots, ib.eval.shots) == (
-        1,
-        0,
-        0,
-        0,
-    )
-    assert ib.train.data.in_batch == "always"
+    assert (ib.train.data.in_batch_group_size, ib.train.loss.kl_weight) == (1, 0)
+    assert (ib.train.data.max_shots, ib.eval.shots) == (0, 0)
+    # the same per-type batch rule as the full recipe: classification stays group-only with its group
+    assert ib.train.data.in_batch == full.train.data.in_batch == "by_type"
+    assert ib.train.data.group_size == full.train.data.group_size
+    for c in cfg.values():
+        assert c.train.data.in_batch == "by_type"
+    # label_layout changes only how classification sources become records
+    ll = cfg["label_layout"]
+    assert ll.classification_layout == "label" and full.classification_layout == "text"
+    assert (ll.train, ll.mine, ll.eval) == (full.train, full.mine, full.eval)
+    assert set(ablation.PILLARS) <= set(ablation.VARIANTS) and "label_layout" not in ablation.PILLARS
     with pytest.raises(ValueError, match="unknown variant"):
         ablation.variant_config(ROOT / "configs" / "ablation.toml", "no_lora", [], tmp_path)
 

@@ -32,6 +32,18 @@ def test_classification_positive_shares_the_label_and_negatives_do_not():
         assert "instruction" not in rec  # the registry has it
 
 
+def test_label_layout_answers_with_the_label_and_other_labels_as_negatives():
+    rows, records = _triplets("classification.jsonl", num_negatives=2, seed=1, layout="label")
+    labels = {label for _, label in rows}
+    assert len(records) == len(rows)  # every text is a query, even a label's only text
+    for rec, (text, label) in zip(records, rows, strict=True):
+        assert (rec["query"], rec["positive"], rec["label"]) == (text, label, label)
+        assert len(rec["negative"]) == min(2, len(labels) - 1) and label not in rec["negative"]
+        assert set(rec["negative"]) <= labels
+    with pytest.raises(ValueError, match="layout"):
+        _triplets("classification.jsonl", layout="texts")
+
+
 def test_classification_is_seeded_and_caps_queries_per_label():
     _, a = _triplets("classification.jsonl", seed=1)
     _, b = _triplets("classification.jsonl", seed=1)

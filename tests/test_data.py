@@ -133,9 +133,17 @@ def test_plan_batches_are_task_homogeneous_and_seeded() -> None:
     assert batches != plan_batches(tasks, batch_size=3, seed=1, epoch=1)
 
 
-def test_collate_builds_prompts_through_prompts_module() -> None:
+@pytest.fixture
+def prompter(tiny_tokenizer):
+    """The Embedder's prompt side (tokenizer + budgets) without a model."""
+    from anna_embed.embedder import Embedder, EmbedderConfig
+
+    return Embedder(None, tiny_tokenizer, EmbedderConfig())
+
+
+def test_collate_builds_prompts_through_prompts_module(prompter) -> None:
     ts = _set_with_duplicates()
-    batch = ts.collate([3, 4], seed=0, epoch=2, group_size=2, max_shots=2, shot_max_chars=200)
+    batch = ts.collate([3, 4], seed=0, epoch=2, group_size=2, max_shots=2, prompter=prompter)
     assert batch.in_batch and batch.task == "SciFact" and len(batch.documents) == 4
     for row, i in enumerate([3, 4]):
         shots = [
@@ -147,8 +155,10 @@ def test_collate_builds_prompts_through_prompts_module() -> None:
         assert batch.documents[2 * row] == build_prompt(ts.records[i].positives[0], "document", "SciFact")
     with pytest.raises(ValueError, match="one task"):
         TrainingSet([*ts.records[:2], *_set_other_task().records]).collate(
-            [0, 2], seed=0, epoch=0, group_size=1, max_shots=0, shot_max_chars=10
+            [0, 2], seed=0, epoch=0, group_size=1, max_shots=0, prompter=prompter
         )
+    with pytest.raises(ValueError, match="prompter"):
+        ts.collate([3, 4], seed=0, epoch=2, group_size=2, max_shots=2)
 
 
 def _set_other_task() -> TrainingSet:
@@ -158,7 +168,7 @@ def _set_other_task() -> TrainingSet:
     return TrainingSet([parse_record(row, path=Path("mem"), line=1)])
 
 
-def test_classification_batches_use_group_only_and_answer_with_label() -> None:
+def test_classification_batches_use_group_only_and_answer_with_label(prompter) -> None:
     from anna_embed.data import parse_record
 
     rows = [
@@ -172,11 +182,35 @@ def test_classification_batches_use_group_only_and_answer_with_label() -> None:
         for i in range(6)
     ]
     ts = TrainingSet([parse_record(r, path=Path("mem"), line=i + 1) for i, r in enumerate(rows)])
-    batch = ts.collate([0, 1, 2], seed=0, epoch=0, group_size=2, max_shots=0, shot_max_chars=50)
+    batch = ts.collate([0, 1, 2], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
     assert not batch.in_batch
     assert ts.collate(
-        [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, shot_max_chars=50, in_batch="always"
+        [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter, in_batch="always"
     ).in_batch
     assert ts.records[4].response == "intent 1"
     # symmetric task: documents carry the instruction too
     assert batch.documents[0].startswith(query_prefix("Banking77Classification"))
+
+
+def test_own_positive_mask_marks_every_copy_but_the_target() -> None:
+    from anna_embed.data import own_positive_mask
+
+    positives = [("p0", "p0b"), ("p1",)]
+    docs = ["p0", "x", "p1", "p1", "p0b", "y"]  # G = 3: query 0 owns 0..2, query 1 owns 3..5
+    assert own_positive_mask(positives, docs, group_size=3) == [
+        [False, False, False, False, True, False],
+        [False, False, True, False, False, False],
+    ]
+    # under data parallelism the rows are this process's queries and the columns everyone's documents
+    assert own_positive_mask([("p1",)], docs, group_size=3, query_offset=1) == [
+        [False, False, True, False, False, False]
+    ]
+
+
+def test_collated_batch_carries_raw_documents_and_positives(prompter) -> None:
+    ts = _set_with_duplicates()
+    batch = ts.collate([0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
+    assert len(batch.doc_texts) == len(batch.documents) == 4 and batch.group_size == 2
+    for prompt, raw in zip(batch.documents, batch.doc_texts, strict=True):
+        assert prompt.endswith(raw)
+    assert batch.positives == [ts.records[0].positives, ts.records[1].positives]

@@ -110,10 +110,59 @@ def test_pad_token_fallback_uses_eos():
 
 
 def test_prefix_too_long_is_a_clear_error(make_embedder):
-    emb = make_embedder("llama", max_length=40)
+    emb = make_embedder("llama")
+    own = emb.check_prefix(emb.query_prefix("SciFact"))
+    emb.config = dataclasses.replace(emb.config, max_length=own + 1)
     for cache in (True, False):
         with pytest.raises(ValueError, match="no room for text"):
             emb.encode(["hello"], prefix=emb.query_prefix("SciFact", examples=EXAMPLES), prefix_cache=cache)
+    emb.config = dataclasses.replace(emb.config, max_length=own + 2)  # examples have their own budget
+    assert emb.encode(["hello"], prefix=emb.query_prefix("SciFact", examples=EXAMPLES)).shape == (1, 32)
+
+
+def test_examples_never_cut_the_query_and_are_fitted_by_tokens(make_embedder, monkeypatch):
+    from anna_embed import prompts as P
+    from anna_embed.tokenization import CLIP_MARK, added_tokens, clip_tokens
+
+    emb = make_embedder("llama", max_length=32, shot_max_tokens=6)
+    tok, task = emb.tokenizer, "STSBenchmark"
+    long = "The stock market fell sharply today after the report. " * 5
+    examples = [
+        ("Who wrote Hamlet?", long),
+        ("Cats and dogs are common pets", "birds sing"),
+        ("A man", "Cats"),
+    ]
+    # clipping by tokens: 6 tokens of the text, then the mark
+    clipped = [(clip_tokens(tok, q, 6), clip_tokens(tok, r, 6)) for q, r in examples]
+    assert clipped[0][1].endswith(CLIP_MARK) and long.startswith(clipped[0][1][: -len(CLIP_MARK)])
+    assert len(tok(clipped[0][1][: -len(CLIP_MARK)], add_special_tokens=False)["input_ids"]) == 6
+    assert clipped[1][0].endswith(CLIP_MARK) and clipped[2] == examples[2]
+    base = emb.query_prefix(task)
+    need = [added_tokens(tok, P.query_prefix(task, examples=clipped[:k]), base) for k in (1, 2, 3)]
+    assert need[0] < need[1] < need[2]
+    # whole examples are dropped, the last first, until the block fits its budget
+    for budget, kept in ((need[2], 3), (need[2] - 1, 2), (need[1] - 1, 1), (need[0] - 1, 0)):
+        emb.config = dataclasses.replace(emb.config, examples_max_length=budget)
+        fitted = emb.fit_examples(task, examples=examples)
+        assert fitted.examples == tuple(clipped[:kept]) and fitted.dropped == 3 - kept
+        assert emb.query_prefix(task, examples=examples) == P.query_prefix(task, examples=clipped[:kept])
+        assert emb.document_prefix(task, examples=examples) == fitted.prefix  # symmetric: same examples
+    # the query's own ids are identical with and without the example block, truncation included
+    emb.config = dataclasses.replace(emb.config, examples_max_length=need[1])
+    prefix = emb.query_prefix(task, examples=examples)
+    n = emb.example_tokens(prefix)
+    assert n == need[1] and prefix != base
+    seen: list[list[int]] = []
+    monkeypatch.setattr(emb, "_run_sorted", lambda ids, *a: seen.extend(ids) or np.zeros((len(ids), 32)))
+    for text, cut in ((TEXTS[2] * 2, True), (TEXTS[1], False)):  # truncated by max_length alone / short
+        seen.clear()
+        emb.encode([text], prefix=base, prefix_cache=False)
+        emb.encode([text], prefix=prefix, prefix_cache=False)
+        alone, with_examples = seen
+        assert (len(alone) == 32) == cut
+        assert len(with_examples) == len(alone) + n and with_examples[n:] == alone
+        trained = emb.tokenize([prefix + text], extra=[n])["input_ids"][0].tolist()
+        assert trained == with_examples  # training tokenizes the same ids
 
 
 def test_query_and_document_prompts(make_embedder):

@@ -148,6 +148,41 @@ def test_grad_cache_matches_plain_gradients() -> None:
         assert torch.allclose(p.grad, plain_grads[name], atol=1e-6), name
 
 
+def test_grad_cache_routes_every_backward_through_the_given_callable() -> None:
+    """A fake fp16 loss scaler (multiply by S, like ``GradScaler.scale``) must see every parameter backward.
+
+    After dividing by S (what ``clip_grad_norm_`` / the optimizer step do) the gradients equal the plain
+    ones: scaled exactly once. Bypassing the callable leaves them S times too small; also scaling the
+    cached embedding gradients would leave them S times too large.
+    """
+    scale = 2.0**10  # a power of two: scaling and unscaling are exact
+    torch.manual_seed(0)
+    model = _TinyEncoder()
+    q_ids, d_ids = torch.randint(0, 50, (6, 5)), torch.randint(0, 50, (12, 7))
+
+    def loss_fn(q, d):
+        return embedding_loss(q, d, group_size=2, in_batch=True, student_temperature=0.05)
+
+    torch.manual_seed(123)
+    q_plain, d_plain = [model(c) for c in q_ids.split(2)], [model(c) for c in d_ids.split(3)]
+    plain = loss_fn(torch.cat(q_plain), torch.cat(d_plain))
+    plain.loss.backward()
+    plain_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    seen: list[torch.Tensor] = []
+
+    def scaled_backward(loss: torch.Tensor) -> None:
+        seen.append(loss.detach())
+        (loss * scale).backward()
+
+    torch.manual_seed(123)
+    grad_cache_backward(model, list(q_ids.split(2)), list(d_ids.split(3)), loss_fn, backward=scaled_backward)
+    assert len(seen) == 3 + 4 and all(s.ndim == 0 for s in seen)  # one scalar per re-embedded chunk
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad / scale, plain_grads[name], atol=1e-6), name
+
+
 def _gather_worker(rank: int, world: int, init_file: str, result_file: str) -> None:
     import torch.distributed as dist
 
@@ -197,3 +232,65 @@ def test_two_process_gather_equals_single_process(tmp_path) -> None:
 def test_gather_is_identity_without_distributed() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x
+
+
+def _masked_oracle(q, d, group, in_batch, tau, exclude):
+    """Loop oracle of InfoNCE that skips excluded candidates (``exclude[i][j]`` True)."""
+    total = 0.0
+    for i in range(q.shape[0]):
+        cols = range(d.shape[0]) if in_batch else range(i * group, (i + 1) * group)
+        kept = [j for j in cols if not exclude[i][j]]
+        logits = {j: float(q[i] @ d[j]) / tau for j in kept}
+        total += -logits[i * group] + math.log(sum(math.exp(x) for x in logits.values()))
+    return total / q.shape[0]
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_copies_of_own_positive_leave_infonce_and_kl(in_batch: bool) -> None:
+    # Issue 10, defect 3: query 0's positive text also sits in query 1's group (as a mined negative)
+    # and in its own group (as its negative): neither copy may act as query 0's negative.
+    g = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(2, 6, generator=g), dim=-1)
+    d = F.normalize(torch.randn(2 * 3, 6, generator=g), dim=-1)
+    d[2] = d[0]  # query 0's group: [pos, neg, copy of pos]
+    d[4] = d[0]  # query 1's group: [pos, copy of query 0's pos, neg]
+    own = torch.zeros(2, 6, dtype=torch.bool)
+    own[0, 2] = own[0, 4] = True
+    own[0, 0] = True  # the target is never excluded, even when marked
+    exclude = own.clone()
+    exclude[0, 0] = False
+    out = embedding_loss(q, d, group_size=3, in_batch=in_batch, student_temperature=0.1, own_positive=own)
+    assert out.contrastive.item() == pytest.approx(_masked_oracle(q, d, 3, in_batch, 0.1, exclude), rel=1e-5)
+    plain = embedding_loss(q, d, group_size=3, in_batch=in_batch, student_temperature=0.1)
+    assert plain.contrastive.item() > out.contrastive.item()  # the copy capped the plain loss
+    # KL over the group: the excluded column leaves both distributions (row 0: columns 0 and 1 remain)
+    teacher = torch.tensor([[2.0, 1.0, 5.0], [1.0, 0.0, -1.0]])
+    kl_out = embedding_loss(
+        q,
+        d,
+        group_size=3,
+        in_batch=in_batch,
+        student_temperature=0.1,
+        teacher_scores=teacher,
+        teacher_temperature=1.0,
+        kl_weight=1.0,
+        own_positive=own,
+    )
+    s = group_scores(q, d, 3)
+    row0 = distill_kl(s[:1, :2], teacher[:1, :2], student_temperature=0.1, teacher_temperature=1.0)
+    row1 = distill_kl(s[1:], teacher[1:], student_temperature=0.1, teacher_temperature=1.0)
+    assert kl_out.kl.item() == pytest.approx((row0.item() + row1.item()) / 2, rel=1e-5)
+    # gradients stay finite through the -inf entries
+    qg = q.clone().requires_grad_(True)
+    loss = embedding_loss(
+        qg,
+        d,
+        group_size=3,
+        in_batch=in_batch,
+        student_temperature=0.1,
+        teacher_scores=teacher,
+        kl_weight=1.0,
+        own_positive=own,
+    ).loss
+    loss.backward()
+    assert torch.isfinite(qg.grad).all()

@@ -122,10 +122,21 @@ def test_filter_rejects_a_query_without_positive_scores():
 
 def test_normalise_scores():
     assert normalise_scores(np.array([0.0]), "logit").tolist() == [0.5]
-    assert normalise_scores(np.array([-1.0, 0.0, 1.0]), "cosine").tolist() == [0.0, 0.5, 1.0]
+    assert normalise_scores(np.array([-1.0, 0.0, 1.0]), "cosine").tolist() == [-1.0, 0.0, 1.0]
+    assert normalise_scores(np.array([-1.0, 0.0, 1.0]), "cosine", "affine").tolist() == [0.0, 0.5, 1.0]
     assert normalise_scores(np.array([0.3]), "probability").tolist() == [0.3]
     assert normalise_scores(np.array([-2.0]), "logit", "identity").tolist() == [-2.0]
     assert math.isnan(normalise_scores(np.array([NAN]), "logit")[0])
+
+
+def test_cosine_margin_is_applied_in_the_teachers_own_scale():
+    # Issue 10, defect 5: a positive at cos 0.6 and a 5% margin keep candidates at 0.55 and 0.53
+    # (threshold 0.95 * 0.6 = 0.57, as sentence-transformers and NV-Retriever's TopK-PercPos); mapping
+    # to (1 + cos) / 2 first would put the threshold at cos 0.52 and drop both.
+    pos, cand = np.array([[0.6]]), np.array([[0.58, 0.55, 0.53, 0.4]])
+    r = margin_filter(normalise_scores(pos, "cosine"), normalise_scores(cand, "cosine"), relative_margin=0.05)
+    assert r.threshold[0] == pytest.approx(0.57)
+    assert r.keep.tolist() == [[False, True, True, True]]
 
 
 # ----------------------------------------------------------------------------- selection and fusion
@@ -260,10 +271,15 @@ def test_run_writes_flagembedding_records_that_respect_the_filter(tmp_path):
         assert (normalise_scores(np.array(rec["neg_scores"]), "logit") <= ref * 0.95 + 1e-9).all()
         assert rec["neg_scores"] == sorted(rec["neg_scores"], reverse=True)  # top of the teacher ranking
     baking = next(r for r in records if r["query"] == "why does bread dough rise")
-    assert baking["instruction"] == "Find baking facts."
-    assert records[0]["instruction"].startswith("Given a web search query")
+    assert baking["instruction"] == "Find baking facts."  # a user's own instruction travels
+    # a registry task's instruction is not frozen into the record (issue 10, defect 7)
+    assert all(r["instruction"] is None for r in records if r is not baking)
     assert (out.parent / "mined.manifest.json").is_file() and (out.parent / "mined.scores.png").is_file()
-    assert len((out.parent / "mined.summary.txt").read_text().splitlines()) == 3
+    summary = (out.parent / "mined.summary.txt").read_text().splitlines()
+    assert len(summary) == 4 and summary[3].startswith("negatives that are another record's positive:")
+    other = manifest["counts"]["negatives_other_positive"]
+    all_pos = {p for r in records for p in r["pos"]}
+    assert other == sum(n in all_pos for r in records for n in r["neg"])
     assert manifest["teachers"] == {
         "retriever": "fake-bow",
         "reranker": "fake-logit",

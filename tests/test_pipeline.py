@@ -9,7 +9,16 @@ import pytest
 
 from anna_embed import config as C
 from anna_embed.io import read_jsonl
-from anna_embed.pipeline import DEMO_CONFIG, PipelineConfig, SourceSpec, Stage, _prepare, demo_path, run
+from anna_embed.pipeline import (
+    DEMO_CONFIG,
+    PipelineConfig,
+    SourceSpec,
+    Stage,
+    _prepare,
+    demo_path,
+    mines,
+    run,
+)
 
 
 def test_demo_config_round_trips_through_the_config_mechanism():
@@ -38,7 +47,9 @@ def test_stage_marker_skips_only_on_matching_fingerprint(tmp_path):
 def test_prepare_turns_each_source_kind_into_records(tmp_path):
     cfg = replace(DEMO_CONFIG, sources=tuple(replace(s, max_records=20) for s in DEMO_CONFIG.sources))
     out = _prepare(cfg, Stage(tmp_path, "data", "f", force=False))
-    assert [o["mine"] for o in out] == [True, True, False]
+    # QNLI pairs are mined; SNLI keeps its curated contradiction; classification is never mined
+    assert [o["mine"] for o in out] == [True, False, False]
+    assert out[1]["curated_negatives"]["negatives"] > 0
     for info, src in zip(out, cfg.sources, strict=True):
         rows = read_jsonl(info["path"], required=("query", "positive", "task"))
         assert 0 < len(rows) <= 20 and all(r["task"] == src.task for r in rows)
@@ -99,3 +110,22 @@ def test_shipped_pipeline_configs_load_and_demo_matches_the_builtin():
     full = C.load(PipelineConfig, root / "full.toml")
     assert full.train.data.group_size == 8 and len(full.sources) >= 5
     assert C.load(PipelineConfig, root / "ablation.toml").eval.tasks
+
+
+def _spec(kind: str, mine: bool | None = None) -> SourceSpec:
+    return SourceSpec("x.jsonl", kind=kind, task="NLI", mine=mine)  # type: ignore[arg-type]
+
+
+def test_mining_rule_keeps_curated_negatives_unless_asked(caplog):
+    with_neg = [{"query": "q", "positive": "p", "negative": "n"}]
+    without = [{"query": "q", "positive": "p"}]
+    assert mines(_spec("pairs"), without, symmetric=True)  # nothing curated: mine
+    assert mines(_spec("pairs"), with_neg, symmetric=False)  # asymmetric pairs are mined
+    assert not mines(_spec("pairs"), with_neg, symmetric=True)  # symmetric + curated: keep them
+    assert not mines(_spec("nli"), with_neg, symmetric=True)
+    assert not mines(_spec("classification", mine=True), with_neg, symmetric=True)
+    assert not mines(_spec("pairs", mine=False), without, symmetric=False)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert mines(_spec("nli", mine=True), with_neg, symmetric=True)  # explicit opt-in
+    assert "curated negatives" in caplog.text

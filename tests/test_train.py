@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -202,6 +204,13 @@ def test_tiny_run_end_to_end(tiny: dict[str, Path], tmp_path: Path) -> None:
     assert abs(st_vecs - trained).max() < 1e-4
     meta = json.loads((out / "training.json").read_text())
     assert meta["steps"] == 5 and meta["data_manifest"]["records"] == 24
+    # the few-shot budgets travel with the model; no query lost a token of its own to examples
+    assert (loaded.config.shot_max_tokens, loaded.config.examples_max_length) == (
+        cfg.data.shot_max_tokens,
+        cfg.data.examples_max_length,
+    )
+    stats = json.loads((tmp_path / "run" / "prompt_stats.json").read_text())
+    assert stats["queries"] == 5 * 4 and stats["queries_cut_by_examples"] == 0
 
 
 class _Crash(Exception):
@@ -263,7 +272,7 @@ def _step_grads(cfg: TrainConfig) -> tuple[float, dict[str, torch.Tensor]]:
         epoch=0,
         group_size=2,
         max_shots=2,
-        shot_max_chars=300,
+        prompter=trainer.emb,
         templates=trainer.emb.config.templates,
     )
     out = trainer._train_step(batch)
@@ -281,6 +290,63 @@ def test_grad_cache_step_gradients_equal_plain(tiny: dict[str, Path], tmp_path: 
         assert torch.allclose(plain[k], cached[k], atol=1e-5, rtol=1e-3), k  # padding differs per chunk
 
 
+@pytest.fixture
+def reset_accelerate() -> Iterator[Callable[[], None]]:
+    """accelerate's state is a process-wide singleton fixed at first use: reset around (and within) a test."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset() -> None:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    reset()
+    yield reset
+    reset()
+
+
+def test_grad_cache_step_equals_plain_under_bf16_autocast(
+    tiny: dict[str, Path], tmp_path: Path, reset_accelerate: Callable[[], None]
+) -> None:
+    loss_fp32, _ = _step_grads(_cfg(tiny, tmp_path / "fp32", "lora.dropout=0.0"))
+    reset_accelerate()
+    bf16 = ("lora.dropout=0.0", "optim.mixed_precision=bf16")
+    loss_a, plain = _step_grads(_cfg(tiny, tmp_path / "plain", *bf16))
+    loss_b, cached = _step_grads(_cfg(tiny, tmp_path / "gc", *bf16, "loss.grad_cache_chunk=3"))
+    assert loss_a != pytest.approx(loss_fp32, rel=1e-4)  # autocast is really on (bf16 moves it ~2e-3)
+    assert loss_a == pytest.approx(loss_b, rel=2.0**-8)
+    assert plain.keys() == cached.keys() and all(plain[k].abs().sum() > 0 for k in plain if "lora_B" in k)
+    # Chunks of 3 pad and batch differently from the plain forwards, so bf16 matmuls round differently.
+    # bf16 keeps 8 significant bits (eps 2^-8 ~ 0.4%); allow two roundings of the whole gradient, 2^-7 of
+    # its norm (measured: ~0.3%; bf16 vs fp32 differ by ~1%). Elementwise rtol would trip on tiny entries.
+    for k in plain:
+        assert (plain[k] - cached[k]).norm() <= 2.0**-7 * plain[k].norm(), k
+
+
+def test_grad_cache_step_goes_through_accelerator_backward(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both paths call ``accelerator.backward``; a fake loss scaler there scales both alike.
+
+    The fake multiplies the loss by S, as an fp16 ``GradScaler`` does (accelerate has no scaler on CPU).
+    A GradCache step that bypassed ``accelerator.backward`` would come out S times smaller than plain.
+    """
+    from accelerate import Accelerator
+
+    scale, real, calls = 2.0**10, Accelerator.backward, []
+
+    def scaled(self: Accelerator, loss: torch.Tensor, **kwargs: object) -> None:
+        calls.append(loss.ndim)
+        real(self, loss * scale, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "backward", scaled)
+    _, plain = _step_grads(_cfg(tiny, tmp_path / "plain", "lora.dropout=0.0"))
+    assert calls == [0]
+    _, cached = _step_grads(_cfg(tiny, tmp_path / "gc", "lora.dropout=0.0", "loss.grad_cache_chunk=3"))
+    assert calls == [0] * (1 + 2 + 3)  # plain: 1; GradCache: 4 queries and 8 documents in chunks of 3
+    for k in plain:
+        assert torch.allclose(plain[k], cached[k], atol=1e-5 * scale, rtol=1e-3), k
+
+
 def test_gradient_checkpointing_and_full_finetuning(tiny: dict[str, Path], tmp_path: Path) -> None:
     loss_a, plain = _step_grads(_cfg(tiny, tmp_path / "a", "lora.dropout=0.0"))
     loss_b, ckpt = _step_grads(
@@ -294,35 +360,111 @@ def test_gradient_checkpointing_and_full_finetuning(tiny: dict[str, Path], tmp_p
     assert full["layers.0.self_attn.q_proj.weight"].abs().sum() > 0
 
 
-def test_collator_strings_equal_what_encode_queries_builds(tiny: dict[str, Path]) -> None:
+def _capturing_embedder(model: Path) -> tuple[Any, list[str], list[list[int]]]:
+    """A tiny Embedder whose encode records the strings and token ids it would embed."""
+    import numpy as np
+
     from anna_embed.embedder import Embedder
 
-    emb = Embedder.from_pretrained(tiny["model"], dtype="float32", device="cpu")
+    emb = Embedder.from_pretrained(model, dtype="float32", device="cpu")
+    strings: list[str] = []
+    ids: list[list[int]] = []
+    real = emb.encode
+
+    def capture(texts, prefix="", **kw):
+        strings.extend(prefix + t for t in texts)
+        return real(texts, prefix=prefix, prefix_cache=False, **kw)
+
+    emb.encode = capture
+    emb._run_sorted = lambda batch, *a: ids.extend(batch) or np.zeros((len(batch), emb.dimension))
+    return emb, strings, ids
+
+
+def _unpadded(emb: Any, texts: list[str], extra: list[int]) -> list[list[int]]:
+    """The ids training feeds the model (``Embedder.tokenize``), padding removed."""
+    batch = emb.tokenize(texts, extra=extra)
+    rows = zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    return [ids[mask.bool()].tolist() for ids, mask in rows]
+
+
+def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny: dict[str, Path]) -> None:
+    from mteb.types import PromptType
+
+    from anna_embed.evaluate_model import EmbedderBackend, EvalEncoder
+    from anna_embed.tokenization import CLIP_MARK
+    from anna_embed.train import prompt_counts
+
+    emb, seen, seen_ids = _capturing_embedder(tiny["model"])
     ts = TrainingSet(load_records(DataSource(str(tiny["data"]))))
-    seen: list[str] = []
-    emb.encode = lambda texts, prefix="", **kw: seen.extend(prefix + t for t in texts)  # capture strings
-    for epoch in range(3):
+    own = emb.check_prefix(emb.query_prefix("SciFact"))
+    emb.config = replace(emb.config, max_length=own + 3, shot_max_tokens=2)  # 3-word queries: truncated
+    one = emb.fit_examples("SciFact", examples=[(ts.records[1].query, ts.records[1].response)])
+    emb.config = replace(emb.config, examples_max_length=one.example_tokens * 3 // 2)  # about one example
+    dropped = clipped = 0
+    for epoch in range(4):
         idx = [0, 5, 9]
         batch = ts.collate(
-            idx,
-            seed=1,
-            epoch=epoch,
-            group_size=2,
-            max_shots=3,
-            shot_max_chars=1000,
-            templates=emb.config.templates,
+            idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb, templates=emb.config.templates
         )
+        dropped += batch.examples_dropped
+        clipped += sum(CLIP_MARK in q for q in batch.queries)
+        counts = prompt_counts(emb, batch)
+        assert counts["queries_cut_by_examples"] == 0 and counts["queries_truncated_alone"] == 3
+        trained = _unpadded(emb, batch.queries, batch.query_extra)
         for row, i in enumerate(idx):
             shots = [
                 (ts.records[s].query, ts.records[s].response)
                 for s in ts.sample_shots(i, seed=1, epoch=epoch, max_shots=3)
             ]
-            seen.clear()
+            seen.clear(), seen_ids.clear()
             emb.encode_queries([ts.records[i].query], task=get_task("SciFact"), examples=shots)
-            assert seen == [batch.queries[row]]
+            assert seen == [batch.queries[row]] and seen_ids == [trained[row]]
+            evaluator = EvalEncoder(EmbedderBackend.wrap(emb, "tiny"), tasks={}, examples={"SciFact": shots})
+            assert evaluator.prefix("SciFact", "Retrieval", PromptType.query) + ts.records[i].query == seen[0]
             seen.clear()
             emb.encode_documents([ts.records[i].positives[0]], task="SciFact")
             assert seen == [batch.documents[2 * row]]
+    assert dropped > 0 and clipped > 0  # the budgets were exercised
+
+
+@pytest.mark.parametrize("task", ["STSBenchmark", "Banking77Classification"])
+def test_symmetric_documents_get_the_eval_prompt(tiny: dict[str, Path], task: str) -> None:
+    from anna_embed.data import parse_record
+    from anna_embed.evaluate_model import EmbedderBackend, EvalEncoder
+
+    emb, seen, seen_ids = _capturing_embedder(tiny["model"])
+    rows = [r for r in _records() if r["task"] == task] or [
+        {"query": f"{WORDS[i]} cell {i}", "positive": f"{WORDS[i]} gene {i}", "task": task} for i in range(8)
+    ]
+    ts = TrainingSet([parse_record(r, path=Path("mem"), line=n + 1) for n, r in enumerate(rows)])
+    with_shots = 0
+    for epoch in range(3):
+        idx = [0, 3, 6]
+        batch = ts.collate(idx, seed=2, epoch=epoch, group_size=2, max_shots=2, prompter=emb)
+        trained = _unpadded(emb, batch.documents, batch.document_extra)
+        for row, i in enumerate(idx):
+            shots = [
+                (ts.records[s].query, ts.records[s].response)
+                for s in ts.sample_shots(i, seed=2, epoch=epoch, max_shots=2)
+            ]
+            with_shots += bool(shots)
+            evaluator = EvalEncoder(EmbedderBackend.wrap(emb, "tiny"), tasks={}, examples={task: shots})
+            prefix = evaluator.prefix(task, get_task(task).type, None)  # mteb: no role on symmetric tasks
+            assert batch.queries[row] == prefix + ts.records[i].query
+            for j in range(2):
+                text = batch.doc_texts[2 * row + j]
+                assert batch.documents[2 * row + j] == prefix + text
+                seen.clear(), seen_ids.clear()
+                evaluator.encode_texts([text], prefix)
+                assert seen_ids == [trained[2 * row + j]]
+    assert with_shots > 0
+
+
+def test_old_character_shot_budget_is_a_clear_error() -> None:
+    with pytest.raises(C.ConfigError, match=r"shot_max_chars.*shot_max_tokens"):
+        C.build(TrainConfig, {"data": {"shot_max_chars": 300}}, [])
+    cfg = C.build(TrainConfig, {}, ["data.shot_max_tokens=40", "data.examples_max_length=96"])
+    assert (cfg.data.shot_max_tokens, cfg.data.examples_max_length) == (40, 96)
 
 
 def test_configs_parse() -> None:

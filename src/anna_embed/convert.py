@@ -29,7 +29,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -112,13 +112,19 @@ def label_triplets(
     num_negatives: int = 7,
     max_per_label: int | None = None,
     seed: int = 0,
+    layout: Literal["text", "label"] = "text",
 ) -> Iterator[Record]:
     """Classification / clustering rows -> records: positive of the same label, negatives of others.
 
-    A label with a single text yields no record (there is no positive for it). With ``max_per_label``
+    ``layout="text"``: the positive is another text with the query's label, the negatives texts of other
+    labels. ``layout="label"`` (BGE-EN-ICL's classification data): the positive is the label's own text,
+    the negatives other labels' texts (so the group is a choice between labels). A label with a single
+    text yields no record in the ``text`` layout (there is no positive for it). With ``max_per_label``
     only the first that-many texts of each label become queries (all texts stay eligible as positives
     and negatives).
     """
+    if layout not in ("text", "label"):
+        raise ValueError(f"layout must be 'text' or 'label', got {layout!r}")
     fields = _task_fields(task, type_, instruction)
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, (_, label) in enumerate(rows):
@@ -127,12 +133,26 @@ def label_triplets(
         raise ValueError(f"{task}: need at least two labels, got {len(by_label)}")
     labels = np.array([label for _, label in rows])
     used: dict[str, int] = defaultdict(int)
+    names = sorted(by_label)
     for i, (text, label) in enumerate(rows):
         same = by_label[label]
-        if len(same) < 2 or (max_per_label is not None and used[label] >= max_per_label):
+        if max_per_label is not None and used[label] >= max_per_label:
+            continue
+        rng = np.random.default_rng((seed, i))
+        if layout == "label":
+            used[label] += 1
+            other = [n for n in names if n != label]
+            picked = rng.choice(len(other), size=min(num_negatives, len(other)), replace=False)
+            yield {
+                "query": text,
+                "positive": label,
+                "negative": [other[int(j)] for j in picked],
+                "label": label,
+            } | fields
+            continue
+        if len(same) < 2:
             continue
         used[label] += 1
-        rng = np.random.default_rng((seed, i))
         pos = same[int(rng.integers(len(same) - 1))]
         pos = pos if pos != i else same[-1]  # skip the query itself: draw from the others
         others = np.flatnonzero(labels != label)

@@ -23,13 +23,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from anna_embed.io import InputError, iter_jsonl, text_list
-from anna_embed.prompts import DEFAULT_TEMPLATES, PromptTemplates, build_prompt
+from anna_embed.prompts import DEFAULT_TEMPLATES, Example, PromptTemplates, build_prompt
 from anna_embed.tasks import TASK_TYPES, TaskSpec, UnknownTaskError, get_task
+
+if TYPE_CHECKING:
+    from anna_embed.tokenization import FittedExamples
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +172,12 @@ class TrainBatch:
         task: The batch's task.
         in_batch: Whether other queries' documents serve as negatives.
         indices: The record indices in this batch.
+        doc_texts: The ``B * G`` documents' raw texts (no prompt), same order as ``documents``.
+        positives: Each query's own positive texts (every one the record lists, not only the one drawn).
+        query_extra: Per query, the tokens its few-shot block adds (allowed on top of ``max_length``).
+        document_extra: The same per document (symmetric tasks carry their query's examples).
+        zero_shot_queries: The query prompts without examples (to check examples never cut a query).
+        examples_dropped: Whole examples dropped in this batch because the block exceeded its budget.
     """
 
     queries: list[str]
@@ -177,6 +186,31 @@ class TrainBatch:
     task: str
     in_batch: bool
     indices: list[int] = field(default_factory=list)
+    doc_texts: list[str] = field(default_factory=list)
+    positives: list[tuple[str, ...]] = field(default_factory=list)
+    query_extra: list[int] = field(default_factory=list)
+    document_extra: list[int] = field(default_factory=list)
+    zero_shot_queries: list[str] = field(default_factory=list)
+    examples_dropped: int = 0
+
+    @property
+    def group_size(self) -> int:
+        """``G`` of this batch (documents per query)."""
+        return len(self.documents) // max(1, len(self.queries))
+
+
+class Prompter(Protocol):
+    """Builds a model's prompts with its few-shot budget (:class:`anna_embed.embedder.Embedder` is one)."""
+
+    def fit_examples(
+        self, task: TaskSpec, *, instruction: str | None = None, examples: Sequence[Example] = ()
+    ) -> FittedExamples: ...
+
+    def document_prefix(
+        self, task: TaskSpec, *, instruction: str | None = None, examples: Sequence[Example] = ()
+    ) -> str: ...
+
+    def example_tokens(self, prefix: str) -> int: ...
 
 
 class TrainingSet:
@@ -276,7 +310,7 @@ class TrainingSet:
         epoch: int,
         group_size: int,
         max_shots: int,
-        shot_max_chars: int,
+        prompter: Prompter | None = None,
         in_batch: str = "by_type",
         templates: PromptTemplates = DEFAULT_TEMPLATES,
         instructions: bool = True,
@@ -289,37 +323,100 @@ class TrainingSet:
             epoch: Epoch number.
             group_size: ``G``.
             max_shots: ``K`` of ``k ~ U{0..K}``.
-            shot_max_chars: Each shot's query and response are cut to this many characters (a token
-                budget for the few-shot block; about 4 characters per token for English BPE).
+            prompter: The model (its tokenizer, templates and few-shot budgets; required with
+                ``instructions``): shots are fitted by ``prompter.fit_examples``, the rule ``encode`` and
+                ``eval`` follow, so a query never loses a token of its own to examples.
             in_batch: ``"by_type"`` (in-batch negatives except for classification/clustering),
                 ``"always"`` or ``"never"``.
-            templates: The model's prompt templates.
+            templates: Unused (the prompter's templates apply); kept for existing callers.
             instructions: False for models without instructions (encoders): raw texts, no shots.
         """
+        if instructions and prompter is None:
+            raise ValueError("collate needs a prompter (the Embedder) to fit few-shot examples")
+        q_extra: list[int] = []
+        d_extra: list[int] = []
+        zero_shot: list[str] = []
+        dropped = 0
         tasks = {self.records[i].task.name for i in indices}
         if len(tasks) != 1:
             raise ValueError(f"a batch must hold one task, got {sorted(tasks)}")
-        queries, documents, teacher = [], [], []
+        queries, documents, teacher, raw_docs = [], [], [], []
         for i in indices:
             rec = self.records[i]
             docs, scores = self.sample_group(i, seed=seed, epoch=epoch, group_size=group_size)
             teacher.append(scores)
-            if not instructions:
+            raw_docs.extend(docs)
+            if not instructions or prompter is None:
                 queries.append(rec.query)
                 documents.extend(docs)
+                zero_shot.append(rec.query)
+                q_extra.append(0)
+                d_extra.extend([0] * len(docs))
                 continue
             shots = [
-                (self.records[s].query[:shot_max_chars], self.records[s].response[:shot_max_chars])
+                (self.records[s].query, self.records[s].response)
                 for s in self.sample_shots(i, seed=seed, epoch=epoch, max_shots=max_shots)
             ]
-            queries.append(query_prompt(rec, shots, templates=templates))
-            documents.extend(
-                build_prompt(d, "document", rec.task, instruction=rec.instruction, templates=templates)
-                for d in docs
+            fitted = prompter.fit_examples(rec.task, instruction=rec.instruction, examples=shots)
+            queries.append(fitted.prefix + rec.query)
+            q_extra.append(fitted.example_tokens)
+            dropped += fitted.dropped
+            zero_shot.append(prompter.fit_examples(rec.task, instruction=rec.instruction).prefix + rec.query)
+            # symmetric tasks: every text is a query, with the same examples (as mteb evaluates them)
+            d_prefix = prompter.document_prefix(
+                rec.task, instruction=rec.instruction, examples=shots if rec.task.symmetric else ()
             )
+            documents.extend(d_prefix + d for d in docs)
+            d_extra.extend([prompter.example_tokens(d_prefix)] * len(docs))
         spec = self.records[indices[0]].task
-        use_in_batch = {"always": True, "never": False}.get(in_batch, spec.type not in GROUP_ONLY_TYPES)
-        return TrainBatch(queries, documents, teacher, spec.name, use_in_batch, list(indices))
+        use_in_batch = uses_in_batch(spec, in_batch)
+        return TrainBatch(
+            queries,
+            documents,
+            teacher,
+            spec.name,
+            use_in_batch,
+            list(indices),
+            doc_texts=raw_docs,
+            positives=[self.records[i].positives for i in indices],
+            query_extra=q_extra,
+            document_extra=d_extra,
+            zero_shot_queries=zero_shot,
+            examples_dropped=dropped,
+        )
+
+
+def uses_in_batch(task: TaskSpec, mode: str) -> bool:
+    """Whether a batch of ``task`` scores other queries' documents: ``mode`` ``always``/``never``, or
+    ``by_type`` (every type but :data:`GROUP_ONLY_TYPES`)."""
+    return {"always": True, "never": False}.get(mode, task.type not in GROUP_ONLY_TYPES)
+
+
+def own_positive_mask(
+    positives: Sequence[Sequence[str]],
+    doc_texts: Sequence[str],
+    *,
+    group_size: int,
+    query_offset: int = 0,
+) -> list[list[bool]]:
+    """``[B][N]``: True where document ``j``'s text equals one of query ``i``'s own positives.
+
+    ``doc_texts`` are the ``N = M * G`` raw document texts the queries are scored against (all processes'
+    under data parallelism, in rank order; ``query_offset`` is the group index of ``positives[0]``). The
+    query's target column (its drawn positive, ``(query_offset + i) * G``) is never marked; every other
+    copy of a positive is, so the loss does not push a query away from its own positive (mining draws
+    negatives from other records' positives, and a duplicate pair can sit in the same batch).
+
+    Example:
+        >>> own_positive_mask([("a",), ("b",)], ["a", "b", "b", "a"], group_size=2)
+        [[False, False, False, True], [False, True, False, False]]
+    """
+    out = []
+    for i, pos in enumerate(positives):
+        own = set(pos)
+        target = (query_offset + i) * group_size
+        out.append([j != target and text in own for j, text in enumerate(doc_texts)])
+    return out
 
 
 def query_prompt(

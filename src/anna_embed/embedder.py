@@ -22,7 +22,16 @@ import torch
 
 from anna_embed import prompts as P
 from anna_embed.tasks import TaskSpec, UnknownTaskError, get_task, task_or_custom
-from anna_embed.tokenization import SpecialIds, encode_ids, pad_batch, prefix_ids, special_ids
+from anna_embed.tokenization import (
+    FittedExamples,
+    SpecialIds,
+    added_tokens,
+    encode_ids,
+    fit_examples,
+    pad_batch,
+    prefix_ids,
+    special_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +49,14 @@ class EmbedderConfig:
     Attributes:
         kind: ``decoder`` (EOS appended, instructions on) or ``encoder`` (own specials, no instructions).
         pooling: ``last`` (EOS token), ``mean`` over tokens, or ``cls``.
-        max_length: Token budget including the prompt and specials; texts are truncated to fit.
+        max_length: Token budget of BOS + instruction prompt + text + EOS; texts are truncated to fit.
+            A few-shot block is on top of it (its own budget below), so examples never cut a text.
         padding_side: Where batches are padded (results are identical either way).
         use_instructions: Whether task instructions and examples are applied.
+        shot_max_tokens: Each few-shot example's query and response are clipped to this many tokens
+            (marked `` ...``); 64 keeps a typical sentence or short passage whole.
+        examples_max_length: Tokens the few-shot block may add on top of ``max_length``; whole examples
+            are dropped, last first, until it fits (256: about three clipped examples with their template).
         templates: The prompt templates (see :class:`anna_embed.prompts.PromptTemplates`).
         training_datasets: Names of the data the model was trained on (to flag evaluation overlap).
         base_model: Where the weights came from.
@@ -53,6 +67,8 @@ class EmbedderConfig:
     max_length: int = 512
     padding_side: Literal["left", "right"] = "right"
     use_instructions: bool = True
+    shot_max_tokens: int = 64
+    examples_max_length: int = 256
     templates: P.PromptTemplates = field(default_factory=P.PromptTemplates)
     training_datasets: tuple[str, ...] = ()
     base_model: str = ""
@@ -127,6 +143,8 @@ class Embedder:
         #: Few-shot examples per task name, used when mteb calls :meth:`encode` (set by the evaluator).
         self.task_examples: dict[str, list[P.Example]] = {}
         self.truncated_count = 0
+        #: Tokens of the few-shot block of every prefix this embedder built (see :meth:`example_tokens`).
+        self._example_tokens: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -218,6 +236,28 @@ class Embedder:
                 raise
             return None
 
+    def fit_examples(
+        self,
+        task: str | TaskSpec | None = None,
+        *,
+        instruction: str | None = None,
+        examples: Sequence[P.Example] = (),
+    ) -> FittedExamples:
+        """Few-shot ``examples`` clipped and dropped to the config's budgets, with the query prefix they
+        make (:func:`anna_embed.tokenization.fit_examples`; training, ``encode`` and ``eval`` all use it)."""
+        spec, cfg = self._task(task, instruction), self.config
+
+        def build(ex: Sequence[P.Example]) -> str:
+            return P.query_prefix(spec, instruction=instruction, examples=ex, templates=cfg.templates)
+
+        return fit_examples(
+            self.tokenizer,
+            examples,
+            build,
+            shot_max_tokens=cfg.shot_max_tokens,
+            examples_max_length=cfg.examples_max_length,
+        )
+
     def query_prefix(
         self,
         task: str | TaskSpec | None = None,
@@ -225,33 +265,64 @@ class Embedder:
         instruction: str | None = None,
         examples: Sequence[P.Example] = (),
     ) -> str:
-        """The prefix :meth:`encode_queries` puts before each query (empty for non-instructed models)."""
-        if not self.config.use_instructions:
-            return ""
-        return P.query_prefix(
-            self._task(task, instruction),
-            instruction=instruction,
-            examples=examples,
-            templates=self.config.templates,
-        )
+        """The prefix :meth:`encode_queries` puts before each query (empty for non-instructed models).
 
-    def document_prefix(self, task: str | TaskSpec | None = None, *, instruction: str | None = None) -> str:
-        """The prefix :meth:`encode_documents` puts before each document."""
+        ``examples`` go through :meth:`fit_examples` (clipped by tokens, whole ones dropped to fit); the
+        embedder remembers how many tokens the kept block adds, so :meth:`encode` given this prefix keeps
+        the full ``max_length`` for the text (see :meth:`example_tokens`).
+        """
         if not self.config.use_instructions:
             return ""
-        return P.document_prefix(
-            self._task(task, instruction), instruction=instruction, templates=self.config.templates
-        )
+        fitted = self.fit_examples(task, instruction=instruction, examples=examples)
+        self._example_tokens[fitted.prefix] = fitted.example_tokens
+        return fitted.prefix
+
+    def document_prefix(
+        self,
+        task: str | TaskSpec | None = None,
+        *,
+        instruction: str | None = None,
+        examples: Sequence[P.Example] = (),
+    ) -> str:
+        """The prefix :meth:`encode_documents` puts before each document.
+
+        On a symmetric task a document is another query: it takes the examples its query keeps (fitted
+        against the query prefix, so both sides carry the same block); asymmetric tasks take none.
+        """
+        if not self.config.use_instructions:
+            return ""
+        spec = self._task(task, instruction)
+        kept = self.fit_examples(spec, instruction=instruction, examples=examples).examples
+        t = self.config.templates
+        prefix = P.document_prefix(spec, instruction=instruction, examples=kept, templates=t)
+        if kept:
+            base = P.document_prefix(spec, instruction=instruction, templates=t)
+            self._example_tokens[prefix] = added_tokens(self.tokenizer, prefix, base)
+        return prefix
+
+    def example_tokens(self, prefix: str) -> int:
+        """Tokens of ``prefix``'s few-shot block: known for every prefix this embedder built, else 0.
+
+        :meth:`encode` allows that many tokens on top of ``max_length``. A prefix with examples built
+        elsewhere (not by :meth:`query_prefix`/:meth:`document_prefix`) counts as all instruction.
+        """
+        return self._example_tokens.get(prefix, 0)
 
     # ------------------------------------------------------------------ tensors (training uses these)
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Full prompt strings -> padded ``input_ids``/``attention_mask`` (and ``position_ids``) tensors."""
+    def tokenize(
+        self, texts: Sequence[str], *, extra: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Full prompt strings -> padded ``input_ids``/``attention_mask`` (and ``position_ids``) tensors.
+
+        ``extra[i]``: tokens of text ``i``'s few-shot block, allowed on top of ``max_length``.
+        """
         ids, truncated = encode_ids(
             self.tokenizer,
             texts,
             max_length=self.config.max_length,
             append_eos=self.config.kind == "decoder",
             specials=self.specials,
+            extra=extra,
         )
         self.truncated_count += truncated
         return self._collate(ids)
@@ -302,7 +373,8 @@ class Embedder:
 
         Args:
             inputs: Strings, or mteb's DataLoader of ``{"text": [...]}`` batches.
-            prefix: Prompt prefix shared by all texts (from :meth:`query_prefix`/:meth:`document_prefix`).
+            prefix: Prompt prefix shared by all texts (from :meth:`query_prefix`/:meth:`document_prefix`;
+                its few-shot block, :meth:`example_tokens`, is allowed on top of ``max_length``).
             batch_size: Texts per forward pass (batches are sorted by length).
             dimensions: Matryoshka truncation: keep the first ``dimensions`` values and re-normalise.
             show_progress: Progress bar; default: on for more than 1,000 texts.
@@ -324,6 +396,7 @@ class Embedder:
             max_length=self.config.max_length,
             append_eos=self.config.kind == "decoder",
             specials=self.specials,
+            extra=[self.example_tokens(prefix)] * len(texts),
         )
         self._note_truncation(truncated)
         if prefix_cache and pre and self.config.kind == "decoder":
@@ -352,10 +425,12 @@ class Embedder:
         *,
         task: str | TaskSpec | None = None,
         instruction: str | None = None,
+        examples: Sequence[P.Example] = (),
         **kwargs: Any,
     ) -> np.ndarray:
-        """Embed documents: raw for asymmetric tasks, instructed for symmetric ones."""
-        return self.encode(texts, prefix=self.document_prefix(task, instruction=instruction), **kwargs)
+        """Embed documents: raw for asymmetric tasks, as queries (same ``examples``) for symmetric ones."""
+        prefix = self.document_prefix(task, instruction=instruction, examples=examples)
+        return self.encode(texts, prefix=prefix, **kwargs)
 
     @property
     def mteb_model_meta(self) -> Any:
@@ -399,12 +474,15 @@ class Embedder:
         return len(self._checked_prefix_ids(prefix))
 
     def _checked_prefix_ids(self, prefix: str) -> list[int]:
-        """Token ids of ``prefix``; an error when it leaves no room for text within ``max_length``."""
+        """Token ids of ``prefix``; an error when its instruction part (few-shot block excluded, that has
+        its own budget) leaves no room for text within ``max_length``."""
         pre = prefix_ids(self.tokenizer, prefix, specials=self.specials)
-        if len(pre) >= self.config.max_length - 1:
+        own = len(pre) - self.example_tokens(prefix)
+        if own >= self.config.max_length - 1:
             raise ValueError(
-                f"The prompt prefix takes {len(pre)} tokens, leaving no room for text within "
-                f"max_length={self.config.max_length}; use fewer or shorter examples."
+                f"The prompt prefix takes {own} tokens (few-shot examples excluded), leaving no room for "
+                f"text within max_length={self.config.max_length}; use a shorter instruction or a larger "
+                "max_length."
             )
         return pre
 
@@ -499,10 +577,11 @@ class Embedder:
         spec = task_or_custom(
             task_metadata.name, task_metadata.type, getattr(task_metadata, "description", None)
         )
+        examples = self.task_examples.get(spec.name, ())
         if P.role_of(prompt_type) == "query":
-            prefix = self.query_prefix(spec, examples=self.task_examples.get(spec.name, ()))
-        else:
-            prefix = self.document_prefix(spec)
+            prefix = self.query_prefix(spec, examples=examples)
+        else:  # a symmetric task's document carries its query's examples
+            prefix = self.document_prefix(spec, examples=examples if spec.symmetric else ())
         return self.encode(
             texts,
             prefix=prefix,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anna_embed.io import InputError, atomic_write, iter_jsonl, iter_text_lines, read_jsonl
+from anna_embed.tasks import DEFAULT_SHOT_SEED
 
 if TYPE_CHECKING:
     from anna_embed.embedder import Embedder
@@ -123,7 +124,9 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples from the task's train split")
     parser.add_argument("--data-dir", help="folder of task folders (for --shots)")
     parser.add_argument("--examples", help=".jsonl of {query, response} few-shot examples (for --shots)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for choosing the examples")
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SHOT_SEED, help="seed for choosing the examples (as eval's)"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--dimensions", type=int, default=None, help="Matryoshka truncation")

@@ -25,7 +25,7 @@ from anna_embed.evaluate_report import (
     write_summary,
 )
 from anna_embed.io import atomic_write, write_json
-from anna_embed.tasks import TASK_TYPES, benchmark_tasks
+from anna_embed.tasks import DEFAULT_SHOT_SEED, TASK_TYPES, benchmark_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def run_eval(
     output: str | Path,
     backend: Any = "embedder",
     shots: int = 0,
-    seed: int = 42,
+    seed: int = DEFAULT_SHOT_SEED,
     limit: int | None = None,
     batch_size: int = 32,
     cache_dir: str | Path | None = None,
@@ -204,7 +204,7 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--output", required=True, help="result folder (created)")
     parser.add_argument("--backend", choices=["embedder", "sentence-transformers"], default="embedder")
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per task (train split)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the few-shot draw")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SHOT_SEED, help="seed of the few-shot draw")
     parser.add_argument("--limit", type=int, help="first N test items only (smoke run, NOT comparable)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-dir", help="embedding cache file (default OUTPUT/cache/embeddings.sqlite)")

@@ -42,7 +42,7 @@ class TextBackend(Protocol):
 
     def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str: ...
 
-    def document_prefix(self, task: TaskSpec) -> str: ...
+    def document_prefix(self, task: TaskSpec, examples: Sequence[P.Example] = ()) -> str: ...
 
     def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray: ...
 
@@ -92,8 +92,8 @@ class EmbedderBackend:
     def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str:
         return self.emb.query_prefix(task, examples=examples)
 
-    def document_prefix(self, task: TaskSpec) -> str:
-        return self.emb.document_prefix(task)
+    def document_prefix(self, task: TaskSpec, examples: Sequence[P.Example] = ()) -> str:
+        return self.emb.document_prefix(task, examples=examples)
 
     def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
         return self.emb.encode(texts, prefix=prefix, batch_size=batch_size, show_progress=False)
@@ -121,8 +121,8 @@ class SentenceTransformerBackend:
     def query_prefix(self, task: TaskSpec, examples: Sequence[P.Example]) -> str:
         return P.query_prefix(task, examples=examples) if self.instructions else ""
 
-    def document_prefix(self, task: TaskSpec) -> str:
-        return P.document_prefix(task) if self.instructions else ""
+    def document_prefix(self, task: TaskSpec, examples: Sequence[P.Example] = ()) -> str:
+        return P.document_prefix(task, examples=examples) if self.instructions else ""
 
     def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
         return np.asarray(
@@ -239,9 +239,10 @@ class EvalEncoder(AbsEncoder):
         """
         local = self.tasks.get(task_name)
         spec = task_or_custom(task_name, task_type, local.instruction if local is not None else None)
-        if P.role_of(prompt_type) == "document":
-            return self.model.document_prefix(spec)
-        return self.model.query_prefix(spec, self.examples.get(task_name, ()))
+        examples = self.examples.get(task_name, ())
+        if P.role_of(prompt_type) == "document":  # a symmetric task's documents carry its examples too
+            return self.model.document_prefix(spec, examples if spec.symmetric else ())
+        return self.model.query_prefix(spec, examples)
 
     def check_prompts(self) -> None:
         """Build every task's query-side prompt (the one carrying examples) before anything is encoded, so
@@ -314,8 +315,6 @@ def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
     return few_shot_pool(local.type, local.folder)
 
 
-def pick_examples(
-    pool: Sequence[P.Example], k: int, *, seed: int, task: str, max_chars: int = 400
-) -> list[P.Example]:
-    """``k`` seeded examples (see :func:`anna_embed.tasks.sample_examples`)."""
-    return sample_examples(pool, k, seed=seed, task=task, max_chars=max_chars)
+def pick_examples(pool: Sequence[P.Example], k: int, *, seed: int, task: str) -> list[P.Example]:
+    """``k`` seeded examples (:func:`anna_embed.tasks.sample_examples`; the model clips them by tokens)."""
+    return sample_examples(pool, k, seed=seed, task=task)

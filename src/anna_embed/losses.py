@@ -72,14 +72,20 @@ def group_scores(q_emb: Tensor, d_emb: Tensor, group_size: int, *, query_offset:
     return torch.einsum("bd,bgd->bg", q_emb, groups)  # [B, G]
 
 
-def info_nce(scores: Tensor, targets: Tensor, *, temperature: float) -> Tensor:
+def info_nce(scores: Tensor, targets: Tensor, *, temperature: float, exclude: Tensor | None = None) -> Tensor:
     """Cross-entropy of ``scores / temperature`` against the positive's column, averaged over queries.
+
+    ``exclude`` (``[B, N]`` bool, never True at a target) removes candidates from the softmax: a copy of
+    the query's own positive is not a negative.
 
     Example:
         Two queries, two documents, positives on the diagonal, temperature 1:
         ``-(log(e^1 / (e^1 + e^0)) + log(e^1 / (e^0 + e^1))) / 2 = log(1 + e^-1) ~ 0.3133``.
     """
-    return F.cross_entropy(scores / temperature, targets)  # scores [B, N], targets [B]
+    logits = scores / temperature  # [B, N]
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, targets)  # logits [B, N], targets [B]
 
 
 def distill_kl(
@@ -89,6 +95,7 @@ def distill_kl(
     student_temperature: float,
     teacher_temperature: float,
     mask: Tensor | None = None,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """``KL(softmax(teacher / tau_t) || softmax(student / tau_s))`` per row, averaged over kept rows.
 
@@ -98,13 +105,23 @@ def distill_kl(
         student_temperature: ``tau_s``.
         teacher_temperature: ``tau_t``.
         mask: ``[B]`` bool, True for rows that have teacher scores; None keeps every row.
+        exclude: ``[B, G]`` bool, True for candidates left out of both distributions (a copy of one of
+            the query's own positives, see :func:`embedding_loss`); never the positive's column.
 
     Returns:
         A scalar; 0 (with grad) when no row is kept.
     """
-    log_p_s = F.log_softmax(student_scores / student_temperature, dim=-1)  # [B, G]
-    log_p_t = F.log_softmax(teacher_scores.to(log_p_s.dtype) / teacher_temperature, dim=-1)  # [B, G]
-    per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # [B]
+    s = student_scores / student_temperature  # [B, G]
+    t = teacher_scores.to(s.dtype) / teacher_temperature  # [B, G]
+    if exclude is not None:  # excluded candidates leave both distributions
+        s = s.masked_fill(exclude, float("-inf"))
+        t = t.masked_fill(exclude, float("-inf"))
+    log_p_s = F.log_softmax(s, dim=-1)  # [B, G]
+    log_p_t = F.log_softmax(t, dim=-1)  # [B, G]
+    terms = log_p_t.exp() * (log_p_t - log_p_s)  # [B, G]; NaN (0 * (-inf + inf)) where excluded
+    if exclude is not None:
+        terms = terms.masked_fill(exclude, 0.0)
+    per_row = terms.sum(dim=-1)  # [B]
     if mask is None:
         return per_row.mean()
     kept = mask.to(per_row.dtype)  # [B]
@@ -123,6 +140,7 @@ def embedding_loss(
     teacher_temperature: float = 1.0,
     kl_weight: float = 0.0,
     query_offset: int = 0,
+    own_positive: Tensor | None = None,
 ) -> LossOutput:
     """InfoNCE (+ optional soft-label KL) for one batch in the geometry of the module docstring.
 
@@ -138,19 +156,32 @@ def embedding_loss(
         teacher_temperature: ``tau_t``.
         kl_weight: ``lambda``; the KL term is skipped when 0 or without teacher scores.
         query_offset: Global index of ``q_emb[0]``'s group inside ``d_emb``.
+        own_positive: ``[B, M * G]`` bool, True where a document's text equals one of query ``i``'s own
+            positives (:func:`anna_embed.data.own_positive_mask`). Those candidates, other than the
+            target, are left out of InfoNCE and KL: mining draws negatives from other records'
+            positives, so a query can meet a copy of its own positive among its candidates.
 
     Returns:
         :class:`LossOutput`.
     """
     b = q_emb.shape[0]
     own = group_scores(q_emb, d_emb, group_size, query_offset=query_offset)  # [B, G]
+    rows = torch.arange(b, device=q_emb.device)  # [B]
+    own_ex = None
+    if own_positive is not None:
+        ex = own_positive.to(device=q_emb.device, dtype=torch.bool).clone()  # [B, M * G]
+        ex[rows, (query_offset + rows) * group_size] = False  # the target itself always stays
+        cols = (query_offset + rows)[:, None] * group_size + torch.arange(group_size, device=ex.device)
+        own_ex = ex.gather(1, cols)  # [B, G]
     if in_batch:
         scores = in_batch_scores(q_emb, d_emb)  # [B, M * G]
-        targets = (query_offset + torch.arange(b, device=q_emb.device)) * group_size  # [B]
+        targets = (query_offset + rows) * group_size  # [B]
+        exclude = None if own_positive is None else ex
     else:
         scores = own  # [B, G]
         targets = torch.zeros(b, dtype=torch.long, device=q_emb.device)  # [B]
-    ce = info_nce(scores, targets, temperature=student_temperature)
+        exclude = own_ex
+    ce = info_nce(scores, targets, temperature=student_temperature, exclude=exclude)
     if teacher_scores is not None and kl_weight > 0:
         kl = distill_kl(
             own,
@@ -158,6 +189,7 @@ def embedding_loss(
             student_temperature=student_temperature,
             teacher_temperature=teacher_temperature,
             mask=teacher_mask,
+            exclude=own_ex,
         )
     else:
         kl = ce.new_zeros(())
@@ -221,6 +253,7 @@ def grad_cache_backward(
     loss_fn: Callable[[Tensor, Tensor], LossOutput],
     *,
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+    backward: Callable[[Tensor], None] | None = None,
 ) -> LossOutput:
     """Compute ``loss_fn`` over a batch larger than memory and accumulate exact parameter gradients.
 
@@ -229,16 +262,31 @@ def grad_cache_backward(
     and back-propagate that cached gradient. The RNG state of each chunk's first pass is replayed in the
     second, so dropout masks agree and the gradients equal those of one plain backward pass.
 
+    Every backward pass that reaches the parameters goes through ``backward`` (in training,
+    ``accelerator.backward``, which divides by the accumulation steps, applies an fp16 loss scaler or runs
+    DeepSpeed's engine). Step (3) back-propagates the surrogate scalar ``(emb * g).sum()``, ``g`` the cached
+    gradient: its gradient with respect to ``emb`` is exactly ``g``, so its parameter gradients equal
+    ``emb.backward(g)``, and a scaler that multiplies it by ``S`` scales the parameter gradients once, by
+    ``S``, which is what ``clip_grad_norm_`` and the optimizer step later divide out. Step (2) touches no
+    parameter (``torch.autograd.grad`` with respect to the detached embeddings only) and is deliberately
+    *not* passed to ``backward``: scaling it too would scale ``g``, and with it the parameter gradients,
+    a second time. ``g`` is computed unscaled in the embeddings' dtype; accelerate returns fp32 outputs
+    under mixed precision, so the small cached gradients do not underflow before step (3) scales them.
+
     Args:
         encode: Chunk of model inputs -> embeddings ``[b, D]`` with grad.
         query_chunks: Query inputs, in order; their embeddings concatenate to ``q_emb``.
         document_chunks: Document inputs, in order (concatenate to ``d_emb``).
-        loss_fn: ``(q_emb, d_emb) -> LossOutput``.
+        loss_fn: ``(q_emb, d_emb) -> LossOutput``; a pure function of the embeddings (parameters of its
+            own would get no gradient: only the embeddings receive it).
         no_sync: Context factory that suspends DDP gradient sync; used for every re-embedding but the last.
+        backward: Runs the backward pass of a scalar, once per re-embedded chunk; ``None``:
+            ``Tensor.backward`` (use without accelerate).
 
     Returns:
         The :class:`LossOutput` (its ``loss`` detached); parameter ``.grad`` fields are accumulated.
     """
+    run_backward = backward if backward is not None else Tensor.backward
     chunks = [*query_chunks, *document_chunks]
     states: list[_RngState] = []
     cached: list[Tensor] = []
@@ -249,14 +297,15 @@ def grad_cache_backward(
     leaves = [c.detach().requires_grad_(True) for c in cached]
     n_q = len(query_chunks)
     out = loss_fn(torch.cat(leaves[:n_q]), torch.cat(leaves[n_q:]))
-    out.loss.backward()
+    # unscaled d loss / d emb, one [b, D] per chunk (zeros for a chunk no loss term reads)
+    grads = torch.autograd.grad(out.loss, leaves, allow_unused=True, materialize_grads=True)
     after = _RngState()
-    for i, (chunk, state, leaf) in enumerate(zip(chunks, states, leaves, strict=True)):
+    for i, (chunk, state, grad) in enumerate(zip(chunks, states, grads, strict=True)):
         state.restore()
         last = i == len(chunks) - 1
         ctx = no_sync() if (no_sync is not None and not last) else nullcontext()
         with ctx:
             emb = encode(chunk)  # [b, D]
-            emb.backward(leaf.grad)
+            run_backward((emb * grad).sum())  # same parameter grads as emb.backward(grad)
     after.restore()
     return LossOutput(loss=out.loss.detach(), contrastive=out.contrastive, kl=out.kl)

@@ -9,12 +9,15 @@
    a known positive or when its normalised teacher score exceeds the threshold derived from the query's
    lowest-scoring positive; ``num_negatives`` are then taken from a rank window (:func:`select_negatives`).
 
-Score normalisation (:func:`normalise_scores`): the margins apply to scores on a ratio scale where 0
-means "irrelevant", so that ``pos * (1 - relative_margin)`` means "within ``relative_margin`` of the
-positive" whatever the sign of the raw score. With ``normalisation="auto"`` logits go through a sigmoid
-(a probability of relevance) and cosines through ``(1 + cos) / 2``; probabilities are kept. For scores
-that stay signed (``"identity"``) the relative threshold is ``pos - relative_margin * |pos|``, which is
-``pos * (1 - relative_margin)`` for a positive score and still lies *below* a negative one.
+Score scale (:func:`normalise_scores`): the margins apply in the teacher's own score scale, as in
+sentence-transformers' ``mine_hard_negatives`` and NV-Retriever's TopK-PercPos: with a cosine teacher and
+a 5% relative margin a candidate is dropped above ``0.95 * cos(query, positive)``. Cosines and
+probabilities are therefore used as they are (``normalisation="auto"``). Logits have no fixed zero, so
+"95% of the positive" means nothing on them: ``auto`` maps a cross-encoder's logits through a sigmoid
+first, and the margin is then 95% of the positive's probability of relevance. For scores that stay signed
+the relative threshold is ``pos - relative_margin * |pos|``, which is ``pos * (1 - relative_margin)`` for
+a positive score and still lies *below* a negative one. ``"affine"`` (``(1 + s) / 2``) is kept for those
+who want the old, stricter rule; it is never chosen by ``auto``.
 
 The output is FlagEmbedding's teacher-score format, one JSON object per query:
 ``{query, pos, neg, pos_scores, neg_scores, task, type, instruction}`` (raw teacher scores by default),
@@ -36,7 +39,12 @@ import numpy as np
 
 from anna_embed import search
 from anna_embed.io import InputError, atomic_write, file_sha256, iter_jsonl, text_list
-from anna_embed.mine_report import mining_counts, summary_lines, write_reports
+from anna_embed.mine_report import (
+    mining_counts,
+    negatives_that_are_positives,
+    summary_lines,
+    write_reports,
+)
 from anna_embed.search import ProgressHook
 
 logger = logging.getLogger(__name__)
@@ -118,16 +126,18 @@ def normalise_scores(scores: np.ndarray, kind: str, method: Normalisation = "aut
     Args:
         scores: Raw scores, any shape.
         kind: The teacher's ``score_kind``: ``"logit"``, ``"cosine"`` or ``"probability"``.
-        method: ``auto`` (logit -> sigmoid, cosine -> ``(1 + s) / 2``, probability -> as is), or force
+        method: ``auto`` (logit -> sigmoid, cosine and probability -> as they are), or force
             ``sigmoid``, ``affine`` (``(1 + s) / 2``) or ``identity``.
 
     Example:
         >>> normalise_scores(np.array([0.0, -2.0]), "logit").round(3).tolist()
         [0.5, 0.119]
+        >>> normalise_scores(np.array([0.6, -0.2]), "cosine").tolist()
+        [0.6, -0.2]
     """
     x = np.asarray(scores, dtype=np.float64)
     if method == "auto":
-        method = {"logit": "sigmoid", "cosine": "affine", "probability": "identity"}[kind]  # type: ignore[assignment]
+        method = {"logit": "sigmoid", "cosine": "identity", "probability": "identity"}[kind]  # type: ignore[assignment]
     if method == "sigmoid":
         return 1.0 / (1.0 + np.exp(-x))
     if method == "affine":
@@ -417,6 +427,10 @@ def run(
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     timings["total_s"] = time.perf_counter() - t0
 
+    counts = mining_counts(
+        queries, cands, is_pos, ranked, result, picks, len(records), num_negatives=cfg.num_negatives
+    )
+    counts["negatives_other_positive"] = negatives_that_are_positives(records)["other_positive"]
     manifest = {
         "command": "mine",
         "train": str(train),
@@ -428,9 +442,7 @@ def run(
             "reranker_score_kind": reranker.score_kind,
         },
         "config": to_dict(cfg),
-        "counts": mining_counts(
-            queries, cands, is_pos, ranked, result, picks, len(records), num_negatives=cfg.num_negatives
-        ),
+        "counts": counts,
         "anna_embed_version": __version__,
         "output_sha256": file_sha256(out),
         "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -469,7 +481,9 @@ def _record(
         "neg_scores": [round(float(s), 6) for s in neg_scores],
         "task": q.task,
         "type": None if spec is None else spec.type,
-        "instruction": q.instruction if q.instruction is not None or spec is None else spec.instruction,
+        # only a user's own instruction travels with the record: a registry task's is read at training
+        # time from the registry, so training and evaluation never disagree after an edit
+        "instruction": q.instruction,
     }
 
 

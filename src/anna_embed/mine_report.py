@@ -60,6 +60,30 @@ def mining_counts(
     }
 
 
+def negatives_that_are_positives(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many negatives are some record's positive (in the same file).
+
+    For symmetric pair data (NLI, STS, paraphrases) such a negative is usually a true match of the
+    query: a curated-negative source should show about 0. Accepts mined records (``pos``/``neg``) and
+    prepared ones (``positive``/``negative``, a string or a list).
+
+    Example:
+        >>> negatives_that_are_positives([{"pos": ["a"], "neg": ["b"]}, {"pos": ["b"], "neg": ["c"]}])
+        {'negatives': 2, 'other_positive': 1}
+    """
+
+    def texts(rec: dict[str, Any], *keys: str) -> list[str]:
+        for key in keys:
+            if rec.get(key) is not None:
+                value = rec[key]
+                return [value] if isinstance(value, str) else list(value)
+        return []
+
+    positives = {t for rec in records for t in texts(rec, "pos", "positive")}
+    negs = [t for rec in records for t in texts(rec, "neg", "negative")]
+    return {"negatives": len(negs), "other_positive": sum(t in positives for t in negs)}
+
+
 def summary_lines(manifest: dict[str, Any], n_corpus: int, n_extra: int) -> list[str]:
     """One line per stage (candidates, rescoring, filter) from the manifest's counts, config and timings.
 
@@ -86,6 +110,8 @@ def summary_lines(manifest: dict[str, Any], n_corpus: int, n_extra: int) -> list
         f"({cfg['sampling']} of window [{cfg['window_start']}, {cfg['window_end']}) by {cfg['rank_by']}); "
         f"{c['queries_short']} queries short of {cfg['num_negatives']} negatives "
         f"({c['queries_without_negatives']} with none); {c['records_written']} records written",
+        f"negatives that are another record's positive: {c.get('negatives_other_positive', 'n/a')} of "
+        f"{c['negatives_selected']} selected",
     ]
 
 

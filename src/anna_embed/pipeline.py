@@ -55,16 +55,24 @@ class SourceSpec:
         kind: ``pairs`` ({query, positive, negative?}), ``nli`` (triplets or labelled pairs),
             ``classification`` ({text, label}: positives share the label, negatives do not).
         task: Registry task of the records (instruction and type).
-        mine: Mine hard negatives with teacher scores (``pairs``/``nli``); classification sources use the
-            other labels' texts as negatives and carry no teacher scores.
+        mine: Mine hard negatives with teacher scores. None (default): by kind, see :func:`mines`:
+            ``pairs`` sources are mined unless they are symmetric and every record carries a curated
+            negative; ``nli`` sources keep their curated contradiction (mined NLI negatives are mostly
+            entailed hypotheses of other premises, which the margin filter cannot catch); classification
+            sources use the other labels' texts as negatives and are never mined. ``true`` on a source
+            with curated negatives mines it anyway, with a warning.
         max_records: Keep only the first this-many records.
+        layout: Classification records: ``text`` (positive = another text of the label) or ``label``
+            (positive = the label's text, negatives = other labels' texts; BGE-EN-ICL's layout). None:
+            the pipeline's ``classification_layout``.
     """
 
     path: str
     kind: Literal["pairs", "nli", "classification"] = "pairs"
     task: str | None = None
-    mine: bool = True
+    mine: bool | None = None
     max_records: int | None = None
+    layout: Literal["text", "label"] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,8 @@ class PipelineConfig:
         mine: Mining settings (teachers, margins, negatives).
         train: Training settings (its ``data.sources`` and ``run.output_dir`` are filled in by the pipeline).
         eval: Evaluation settings.
+        classification_layout: Layout of classification sources that set none (see
+            :attr:`SourceSpec.layout`).
     """
 
     output_dir: str = "outputs/demo"
@@ -115,6 +125,7 @@ class PipelineConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalSection = field(default_factory=EvalSection)
+    classification_layout: Literal["text", "label"] = "text"
 
 
 #: The demo: about 10 minutes on 2 CPU cores (see docs/RESULTS.md for the measured wall time).
@@ -129,7 +140,7 @@ DEMO_CONFIG = PipelineConfig(
     train=TrainConfig(
         model=ModelSection(name="smollm2-135m-instruct", dtype="auto", max_length=96),
         lora=LoraSection(r=8, alpha=16),
-        data=DataSection(group_size=2, max_shots=1, shot_max_chars=120),
+        data=DataSection(group_size=2, max_shots=1, shot_max_tokens=32, examples_max_length=96),
         optim=OptimSection(batch_size=8, lr=2e-4, warmup_steps=3, max_steps=30),
         run=RunSection(save_every=10),
     ),
@@ -166,9 +177,36 @@ class Stage:
         return json.loads((self.dir / "stage.json").read_text())
 
 
+def mines(src: SourceSpec, rows: list[dict[str, Any]], *, symmetric: bool) -> bool:
+    """Whether the pipeline mines a prepared source (the rule of :attr:`SourceSpec.mine`).
+
+    Args:
+        src: The source.
+        rows: Its training records.
+        symmetric: Whether its task is symmetric (STS, pair classification, ...).
+    """
+    if src.kind == "classification":
+        if src.mine:
+            logger.warning("%s: classification sources are never mined (mine = true ignored)", src.path)
+        return False
+    curated = src.kind == "nli" or (symmetric and bool(rows) and all(r.get("negative") for r in rows))
+    if src.mine is None:
+        return not curated
+    if src.mine and curated:
+        logger.warning(
+            "%s: mining a source with curated negatives (kind %s); mined negatives of symmetric pairs are "
+            "often true matches (e.g. entailed hypotheses of other premises) that the margin filter "
+            "cannot catch",
+            src.path,
+            src.kind,
+        )
+    return src.mine
+
+
 def _prepare(cfg: PipelineConfig, stage: Stage) -> list[dict[str, Any]]:
     """Turn every source into training records: ``[{path, task, mine}]`` in ``data/``."""
     from anna_embed import convert
+    from anna_embed.mine_report import negatives_that_are_positives
     from anna_embed.tasks import get_task
 
     stage.dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +225,7 @@ def _prepare(cfg: PipelineConfig, stage: Stage) -> list[dict[str, Any]]:
                 type_=spec.type,
                 seed=cfg.seed,
                 num_negatives=max(1, cfg.train.data.group_size - 1),
+                layout=src.layout or cfg.classification_layout,
             )
         elif src.kind == "nli":
             records = convert.nli_triplets(path, task=spec.name)
@@ -196,12 +235,23 @@ def _prepare(cfg: PipelineConfig, stage: Stage) -> list[dict[str, Any]]:
         if src.max_records is not None:
             rows = rows[: src.max_records]
         convert.write_records(iter(rows), target)
+        mined = mines(src, rows, symmetric=spec.symmetric)
+        overlap = negatives_that_are_positives(rows)
+        if not mined:
+            logger.info(
+                "%s (%s, curated negatives): %d of %d negatives are another record's positive",
+                src.path,
+                task,
+                overlap["other_positive"],
+                overlap["negatives"],
+            )
         out.append(
             {
                 "path": str(target),
                 "task": task,
-                "mine": src.mine and src.kind != "classification",
+                "mine": mined,
                 "records": len(rows),
+                "curated_negatives": overlap,
             }
         )
     return out
@@ -240,7 +290,13 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     prep = Stage(
         root,
         "data",
-        _fingerprint(C.to_dict(cfg)["sources"], cfg.seed, cfg.train.data.group_size, *src_files),
+        _fingerprint(
+            C.to_dict(cfg)["sources"],
+            cfg.seed,
+            cfg.train.data.group_size,
+            cfg.classification_layout,
+            *src_files,
+        ),
         force=force,
     )
     if not prep.done():
@@ -353,6 +409,14 @@ def write_report(
         lines += ["", "\\* the model was trained on this task's training split (in-domain, not zero-shot)."]
     table = "\n".join(lines)
     mining = []
+    data_marker = root / "data" / "stage.json"
+    for src in json.loads(data_marker.read_text())["sources"] if data_marker.is_file() else []:
+        if not src["mine"] and "curated_negatives" in src:
+            c = src["curated_negatives"]
+            mining.append(
+                f"{src['task']}: not mined (curated negatives kept); negatives that are another "
+                f"record's positive: {c['other_positive']} of {c['negatives']}"
+            )
     for marker in sorted((root / "mine").glob("*/stage.json")):
         mining += json.loads(marker.read_text()).get("summary", [])
         for png in marker.parent.glob("*.png"):

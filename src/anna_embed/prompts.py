@@ -124,19 +124,25 @@ def document_prefix(
     task: str | TaskSpec | None = None,
     *,
     instruction: str | None = None,
+    examples: Sequence[Example] = (),
     templates: PromptTemplates = DEFAULT_TEMPLATES,
 ) -> str:
     """The string placed before a document.
 
-    Asymmetric tasks (retrieval, reranking) embed documents without an instruction. Symmetric tasks (STS,
-    pair classification, clustering, classification, summarization) put the instruction on both sides,
-    without few-shot examples, so both texts land in the same region of the space.
+    Asymmetric tasks (retrieval, reranking) embed documents without an instruction (``examples`` must be
+    empty). Symmetric tasks (STS, pair classification, clustering, classification, summarization) treat
+    every text as a query: the document gets the query prompt with the same few-shot ``examples`` as its
+    query (``templates.symmetric_document``, when set, replaces the instruction part), so training and
+    evaluation (where mteb gives symmetric texts no role) build the same string for the same text.
     """
     spec = None if task is None else (task if isinstance(task, TaskSpec) else get_task(task))
     if spec is not None and spec.symmetric:
         instr = _instruction(spec, instruction)
+        assert instr is not None  # a registered spec always has one
         template = templates.symmetric_document or templates.query
-        return template.format(instruction=instr)
+        return format_examples(examples, instr, templates) + template.format(instruction=instr)
+    if examples:
+        raise ValueError("Few-shot examples apply to queries and symmetric tasks only.")
     return templates.document
 
 
@@ -164,9 +170,7 @@ def build_prompt(
     if role == "query":
         prefix = query_prefix(task, instruction=instruction, examples=examples, templates=templates)
     elif role == "document":
-        if examples:
-            raise ValueError("Few-shot examples apply to queries only.")
-        prefix = document_prefix(task, instruction=instruction, templates=templates)
+        prefix = document_prefix(task, instruction=instruction, examples=examples, templates=templates)
     else:
         raise ValueError(f"role must be 'query' or 'document', got {role!r}")
     return prefix + text

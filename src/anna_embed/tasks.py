@@ -444,14 +444,19 @@ def few_shot_pool(task_type: str, folder: str | os.PathLike[str] | None) -> tupl
     return [], "none (no training split)"
 
 
+#: Default seed of the few-shot draw of ``anna-embed encode`` and ``anna-embed eval`` (one value for both).
+DEFAULT_SHOT_SEED = 42
+
+
 def sample_examples(
-    pool: Sequence[tuple[str, str]], k: int, *, seed: int, task: str = "", max_chars: int = 400
+    pool: Sequence[tuple[str, str]], k: int, *, seed: int = DEFAULT_SHOT_SEED, task: str = ""
 ) -> list[tuple[str, str]]:
     """``k`` examples drawn without replacement from ``pool``, by a RNG seeded with ``(seed, task)``.
 
-    Distinct responses come first (for classification: one example per label before any repeat). Each
-    side is clipped to ``max_chars`` characters (marked `` ...``). The same arguments always give the
-    same examples, so every query of an evaluation shares one prefix (and its KV cache).
+    Distinct responses come first (for classification: one example per label before any repeat). The
+    examples come back whole: the model clips and fits them by tokens
+    (:meth:`anna_embed.embedder.Embedder.query_prefix`), the rule training uses too. The same arguments
+    always give the same examples, so every query of an evaluation shares one prefix (and its KV cache).
     """
     import random
 
@@ -473,8 +478,4 @@ def sample_examples(
             break
         if i not in chosen:
             chosen.append(i)
-    return [(_clip(pool[i][0], max_chars), _clip(pool[i][1], max_chars)) for i in chosen]
-
-
-def _clip(text: str, max_chars: int) -> str:
-    return text if len(text) <= max_chars else text[:max_chars].rstrip() + " ..."
+    return [pool[i] for i in chosen]

@@ -24,7 +24,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,12 +155,25 @@ class Trainer:
             self._plan = cached = (epoch, plan)
         return cached[1]
 
+    def _group_size(self, indices: Sequence[int]) -> int:
+        """``G`` of a batch: ``data.in_batch_group_size`` where it uses in-batch negatives, else
+        ``data.group_size``."""
+        from anna_embed.data import uses_in_batch
+
+        d = self.cfg.data
+        in_batch = uses_in_batch(self.data.records[indices[0]].task, d.in_batch)
+        return d.in_batch_group_size if in_batch and d.in_batch_group_size is not None else d.group_size
+
     def _build_model(self) -> tuple[Embedder, Any]:
         from anna_embed.embedder import Embedder
 
         m, lora = self.cfg.model, self.cfg.lora
         emb = Embedder.from_pretrained(
             m.name, pooling=m.pooling, max_length=m.max_length, dtype=m.dtype, device=str(self.acc.device)
+        )
+        d = self.cfg.data  # the few-shot budgets travel with the saved model, so eval applies them too
+        emb.config = replace(
+            emb.config, shot_max_tokens=d.shot_max_tokens, examples_max_length=d.examples_max_length
         )
         return prepare_for_training(emb, lora, gradient_checkpointing=m.gradient_checkpointing)
 
@@ -173,8 +186,9 @@ class Trainer:
         return embedding_loss(
             q_emb,
             docs,
-            group_size=self.cfg.data.group_size,
+            group_size=batch.group_size,
             in_batch=batch.in_batch,
+            own_positive=self._own_positive(batch, offset),
             student_temperature=lc.student_temperature,
             teacher_scores=teacher,
             teacher_mask=mask,
@@ -183,34 +197,50 @@ class Trainer:
             query_offset=offset,
         )
 
+    def _own_positive(self, batch: Any, offset: int) -> torch.Tensor:
+        """``[B, N]`` mask of candidates that are copies of the query's own positives (see the loss)."""
+        import torch
+
+        from anna_embed.data import own_positive_mask
+
+        texts = batch.doc_texts
+        if batch.in_batch and self.world > 1:  # the gathered documents: every process's, in rank order
+            from accelerate.utils import gather_object
+
+            texts = gather_object(list(batch.doc_texts))
+        rows = own_positive_mask(batch.positives, texts, group_size=batch.group_size, query_offset=offset)
+        return torch.tensor(rows, dtype=torch.bool, device=self.acc.device)  # [B, N]
+
     def _train_step(self, batch: Any) -> Any:
         import torch
 
         from anna_embed.losses import LossOutput, grad_cache_backward
 
-        g = self.cfg.data.group_size
+        g = batch.group_size
         rows = [t if t is not None else [0.0] * g for t in batch.teacher_scores]
         teacher = torch.tensor(rows, dtype=torch.float32, device=self.acc.device)  # [B, G]
         mask = torch.tensor([t is not None for t in batch.teacher_scores], device=self.acc.device)  # [B]
         chunk = self.cfg.loss.grad_cache_chunk
         if chunk > 0:
 
-            def encode(part: list[str]) -> torch.Tensor:
-                return self.module(**self.emb.tokenize(part))
+            def encode(part: list[tuple[str, int]]) -> torch.Tensor:  # (prompt, few-shot tokens) pairs
+                return self.module(**self.emb.tokenize([t for t, _ in part], extra=[n for _, n in part]))
 
-            def split(xs: list[str]) -> list[list[str]]:
-                return [xs[i : i + chunk] for i in range(0, len(xs), chunk)]
+            def split(xs: list[str], extra: list[int]) -> list[list[tuple[str, int]]]:
+                pairs = list(zip(xs, extra or [0] * len(xs), strict=True))
+                return [pairs[i : i + chunk] for i in range(0, len(pairs), chunk)]
 
             return grad_cache_backward(
                 encode,
-                split(batch.queries),
-                split(batch.documents),
+                split(batch.queries, batch.query_extra),
+                split(batch.documents, batch.document_extra),
                 lambda q, d: self._loss(q, d, batch, teacher, mask),
                 no_sync=lambda: self.acc.no_sync(self.module),
+                backward=self.acc.backward,
             )
         # queries and documents in separate forwards, so short queries are not padded to document length
-        q_emb = self.module(**self.emb.tokenize(batch.queries))  # [B, D]
-        d_emb = self.module(**self.emb.tokenize(batch.documents))  # [B * G, D]
+        q_emb = self.module(**self.emb.tokenize(batch.queries, extra=batch.query_extra or None))  # [B, D]
+        d_emb = self.module(**self.emb.tokenize(batch.documents, extra=batch.document_extra or None))
         out: LossOutput = self._loss(q_emb, d_emb, batch, teacher, mask)
         if torch.isfinite(out.loss):
             self.acc.backward(out.loss)
@@ -244,13 +274,14 @@ class Trainer:
                 local,
                 seed=cfg.run.seed,
                 epoch=epoch,
-                group_size=cfg.data.group_size,
+                group_size=self._group_size(local),
                 max_shots=cfg.data.max_shots,
-                shot_max_chars=cfg.data.shot_max_chars,
+                prompter=self.emb,
                 in_batch=cfg.data.in_batch,
                 templates=self.emb.config.templates,
                 instructions=self.emb.config.use_instructions,
             )
+            self._count_prompts(batch)
             out = self._train_step(batch)
             loss = self.acc.reduce(out.loss.detach().reshape(1), reduction="mean").item()
             if not math.isfinite(loss):
@@ -298,7 +329,33 @@ class Trainer:
             self._quick_eval(writer)
         if writer is not None:
             writer.close()
+        self._write_prompt_stats()
         return self.save_model()
+
+    # -- prompt accounting
+    def _count_prompts(self, batch: Any) -> None:
+        """Add one batch to the run's prompt counts (see :func:`prompt_counts`)."""
+        counts = prompt_counts(self.emb, batch)
+        if getattr(self, "prompt_stats", None) is None:
+            self._start_step = self.step
+        totals = getattr(self, "prompt_stats", None) or dict.fromkeys(counts, 0)
+        self.prompt_stats = {k: totals[k] + v for k, v in counts.items()}
+
+    def _write_prompt_stats(self) -> None:
+        """``prompt_stats.json`` in the run folder: the counts of every process since this (re)start."""
+        import torch
+
+        stats = getattr(self, "prompt_stats", None) or {}
+        keys = sorted(stats)
+        if keys:
+            t = torch.tensor([stats[k] for k in keys], dtype=torch.long, device=self.acc.device)
+            stats = dict(zip(keys, self.acc.reduce(t, reduction="sum").tolist(), strict=True))
+        if self.acc.is_main_process:
+            stats = {**stats, "from_step": getattr(self, "_start_step", 0), "to_step": self.step}
+            write_json(self.run_dir / "prompt_stats.json", stats)
+            if stats.get("queries_cut_by_examples"):
+                logger.error("%d training queries lost tokens to examples", stats["queries_cut_by_examples"])
+            logger.info("prompt stats: %s", stats)
 
     # -- reporting
     def _log(self, row: dict[str, Any], writer: Any) -> None:
@@ -466,6 +523,40 @@ def _embed_module_class() -> type:
             return self._emb[0].embed(batch)
 
     return EmbedModule
+
+
+def prompt_counts(emb: Embedder, batch: Any) -> dict[str, int]:
+    """How a batch's few-shot examples fared against the token budgets.
+
+    ``queries_cut_by_examples`` counts queries whose own tokens (instruction + text) differ from those of
+    the same query encoded without examples: 0 by construction (examples sit on top of ``max_length``).
+    ``queries_truncated_alone`` counts queries whose instruction + text alone exceed ``max_length`` (the
+    ordinary truncation every text is subject to). ``examples_dropped`` counts whole examples dropped to
+    fit ``examples_max_length``.
+    """
+    from anna_embed.tokenization import encode_ids
+
+    kw = {
+        "max_length": emb.config.max_length,
+        "append_eos": emb.config.kind == "decoder",
+        "specials": emb.specials,
+    }
+    alone = batch.zero_shot_queries or batch.queries
+    extra = batch.query_extra or [0] * len(batch.queries)
+    with_ex, _ = encode_ids(emb.tokenizer, batch.queries, extra=extra, **kw)
+    own, truncated = encode_ids(emb.tokenizer, alone, **kw)
+    skip = 1 if emb.specials.adds_bos else 0  # BOS precedes the example block
+    cut = sum(
+        len(w) != len(a) + n or w[len(w) - len(a) + skip :] != a[skip:]
+        for w, a, n in zip(with_ex, own, extra, strict=True)
+    )
+    return {
+        "queries": len(batch.queries),
+        "queries_with_examples": sum(n > 0 for n in extra),
+        "queries_cut_by_examples": cut,
+        "queries_truncated_alone": truncated,
+        "examples_dropped": batch.examples_dropped,
+    }
 
 
 def prepare_for_training(

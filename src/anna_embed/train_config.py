@@ -64,15 +64,24 @@ class DataSection:
         sources: The JSONL files (``[[data.sources]] path = ..., task = ..., max_records = ...``).
         group_size: ``G``: 1 positive + ``G - 1`` negatives per query.
         max_shots: ``K``: each query gets ``k ~ U{0..K}`` few-shot examples of its task (0: none).
-        shot_max_chars: Each example's query and response are cut to this many characters.
+        shot_max_tokens: Each example's query and response are clipped to this many tokens (marked
+            `` ...``); saved with the model, so ``encode``/``eval`` clip the same way.
+        examples_max_length: Tokens the few-shot block may add on top of ``model.max_length`` (whole
+            examples dropped, last first, to fit); the query keeps its own ``max_length``. Saved too.
         in_batch: ``by_type`` (in-batch negatives except classification/clustering), ``always``, ``never``.
+        in_batch_group_size: ``G`` of the batches that use in-batch negatives (None: ``group_size``); 1
+            trains those tasks on (query, positive) and the other queries' positives only, while
+            group-only types (classification, clustering) keep ``group_size`` (the ablation's
+            ``inbatch_only``: the same per-type rule as the full recipe, no hard negatives).
     """
 
     sources: tuple[DataSource, ...] = ()
     group_size: int = 4
     max_shots: int = 3
-    shot_max_chars: int = 300
+    shot_max_tokens: int = 64
+    examples_max_length: int = 256
     in_batch: Literal["by_type", "always", "never"] = "by_type"
+    in_batch_group_size: int | None = None
 
 
 @dataclass(frozen=True)
