@@ -273,7 +273,6 @@ def _step_grads(cfg: TrainConfig) -> tuple[float, dict[str, torch.Tensor]]:
         group_size=2,
         max_shots=2,
         prompter=trainer.emb,
-        templates=trainer.emb.config.templates,
     )
     out = trainer._train_step(batch)
     grads = {n: p.grad.clone() for n, p in trainer.emb.model.named_parameters() if p.requires_grad}
@@ -404,7 +403,7 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
     for epoch in range(4):
         idx = [0, 5, 9]
         batch = ts.collate(
-            idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb, templates=emb.config.templates
+            idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb
         )
         dropped += batch.examples_dropped
         clipped += sum(CLIP_MARK in q for q in batch.queries)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from anna_embed.io import InputError, iter_jsonl, text_list
-from anna_embed.prompts import DEFAULT_TEMPLATES, Example, PromptTemplates, build_prompt
+from anna_embed.prompts import Example
 from anna_embed.tasks import TASK_TYPES, TaskSpec, UnknownTaskError, get_task
 
 if TYPE_CHECKING:
@@ -312,7 +312,6 @@ class TrainingSet:
         max_shots: int,
         prompter: Prompter | None = None,
         in_batch: str = "by_type",
-        templates: PromptTemplates = DEFAULT_TEMPLATES,
         instructions: bool = True,
     ) -> TrainBatch:
         """Turn record indices (all of one task) into prompt strings through :mod:`anna_embed.prompts`.
@@ -328,7 +327,6 @@ class TrainingSet:
                 ``eval`` follow, so a query never loses a token of its own to examples.
             in_batch: ``"by_type"`` (in-batch negatives except for classification/clustering),
                 ``"always"`` or ``"never"``.
-            templates: Unused (the prompter's templates apply); kept for existing callers.
             instructions: False for models without instructions (encoders): raw texts, no shots.
         """
         if instructions and prompter is None:
@@ -417,15 +415,6 @@ def own_positive_mask(
         target = (query_offset + i) * group_size
         out.append([j != target and text in own for j, text in enumerate(doc_texts)])
     return out
-
-
-def query_prompt(
-    rec: TrainRecord, shots: Sequence[tuple[str, str]], *, templates: PromptTemplates = DEFAULT_TEMPLATES
-) -> str:
-    """The full query string of a record with its few-shot examples (what the Embedder would encode)."""
-    return build_prompt(
-        rec.query, "query", rec.task, instruction=rec.instruction, examples=shots, templates=templates
-    )
 
 
 def plan_batches(task_names: Sequence[str], *, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -141,8 +141,10 @@ class Trainer:
         self.module, self.optimizer = self.acc.prepare(_embed_module_class()(self.emb), self.optimizer)
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self.prompt_stats: dict[str, int] = {}  # since this (re)start, see prompt_counts
         if resume:
             self._resume()
+        self._start_step = self.step
         self.manifest = data_manifest(cfg.data.sources, self.data)
 
     # -- setup
@@ -278,7 +280,6 @@ class Trainer:
                 max_shots=cfg.data.max_shots,
                 prompter=self.emb,
                 in_batch=cfg.data.in_batch,
-                templates=self.emb.config.templates,
                 instructions=self.emb.config.use_instructions,
             )
             self._count_prompts(batch)
@@ -336,22 +337,19 @@ class Trainer:
     def _count_prompts(self, batch: Any) -> None:
         """Add one batch to the run's prompt counts (see :func:`prompt_counts`)."""
         counts = prompt_counts(self.emb, batch)
-        if getattr(self, "prompt_stats", None) is None:
-            self._start_step = self.step
-        totals = getattr(self, "prompt_stats", None) or dict.fromkeys(counts, 0)
-        self.prompt_stats = {k: totals[k] + v for k, v in counts.items()}
+        self.prompt_stats = {k: self.prompt_stats.get(k, 0) + v for k, v in counts.items()}
 
     def _write_prompt_stats(self) -> None:
         """``prompt_stats.json`` in the run folder: the counts of every process since this (re)start."""
         import torch
 
-        stats = getattr(self, "prompt_stats", None) or {}
+        stats = self.prompt_stats
         keys = sorted(stats)
         if keys:
             t = torch.tensor([stats[k] for k in keys], dtype=torch.long, device=self.acc.device)
             stats = dict(zip(keys, self.acc.reduce(t, reduction="sum").tolist(), strict=True))
         if self.acc.is_main_process:
-            stats = {**stats, "from_step": getattr(self, "_start_step", 0), "to_step": self.step}
+            stats = {**stats, "from_step": self._start_step, "to_step": self.step}
             write_json(self.run_dir / "prompt_stats.json", stats)
             if stats.get("queries_cut_by_examples"):
                 logger.error("%d training queries lost tokens to examples", stats["queries_cut_by_examples"])
