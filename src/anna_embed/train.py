@@ -258,6 +258,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             C.save(cfg, self.run_dir / "config.json")
             write_json(self.run_dir / "data_manifest.json", self.manifest)
+            if self.step == 0:  # a fresh start: rows of an earlier run that left no checkpoint are stale
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.module.train()
         writer = _tensorboard(self.run_dir) if self.acc.is_main_process else None
         bar = tqdm(
