@@ -10,13 +10,19 @@ Variants (each a set of config overrides on one pipeline config):
   classification keeps the same group-only rule and label negatives as every other variant;
 * ``label_layout``: the full recipe with BGE-EN-ICL's classification records (positive = the label's
   text, negatives = other labels' texts) instead of another text of the same label (not run by
-  default: ``--only full,label_layout``).
+  default: ``--only full,label_layout``);
+* ``curriculum``: the full recipe after ``inbatch_only`` for its first third of ``train.optim.max_steps``
+  (``train.data.hard_negatives_after``; not run by default). With ``train.optim.max_tokens`` the run may end
+  before ``max_steps``: keep ``max_steps`` near the expected step count, or the switch comes late.
 
 Every variant runs :func:`anna_embed.pipeline.run` in ``OUT/<variant>`` with one shared cache, so teacher
 scores and the base model's and teacher's evaluation embeddings are computed once. The untrained base is
 evaluated once per prompt setting (with and without few-shot examples). ``OUT/ablation.md`` ranks the five
 students, the base and the teacher by Borda count (mteb's rule) and lists every task's score and what
-removing each pillar costs; ``OUT/ablation.json`` holds the same numbers.
+removing each pillar costs, and each variant's training cost (tokens encoded, steps, training wall
+seconds, from ``OUT/<variant>/train/model/training.json``); ``OUT/ablation.json`` holds the same numbers.
+Equal compute by tokens instead of steps: ``--set train.optim.max_tokens=N`` (every variant trains until it
+has encoded N tokens; ``max_steps`` stays an upper bound).
 
     python benchmarks/ablation.py --config configs/ablation.toml --output outputs/ablation \
         [--set train.optim.max_steps=200 ...] [--only full,no_shots] [--report-only]
@@ -28,12 +34,22 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-VARIANTS: dict[str, list[str]] = {
+
+def _curriculum(base: Any) -> list[str]:
+    """In-batch negatives only (no mined negatives, no KL) for the first third of the steps."""
+    steps = base.train.optim.max_steps
+    if not steps:
+        raise ValueError("the curriculum variant switches at a third of train.optim.max_steps: set it")
+    return [f"train.data.hard_negatives_after={steps // 3}"]
+
+
+#: Each variant's overrides, or a function of the base config that returns them.
+VARIANTS: dict[str, list[str] | Callable[[Any], list[str]]] = {
     "full": [],
     "no_shots": ["train.data.max_shots=0", "eval.shots=0"],
     "no_soft_labels": ["train.loss.kl_weight=0"],
@@ -45,6 +61,7 @@ VARIANTS: dict[str, list[str]] = {
         "eval.shots=0",
     ],
     "label_layout": ["classification_layout=label"],
+    "curriculum": _curriculum,
 }
 #: The variants run without ``--only``: the recipe and one removal per pillar.
 PILLARS = ("full", "no_shots", "no_soft_labels", "no_margin_filter", "inbatch_only")
@@ -57,7 +74,10 @@ def variant_config(config: str | Path, name: str, sets: Sequence[str], output: P
 
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-    cfg = C.load(PipelineConfig, config, [*sets, *VARIANTS[name]])
+    overrides = VARIANTS[name]
+    if callable(overrides):
+        overrides = overrides(C.load(PipelineConfig, config, list(sets)))
+    cfg = C.load(PipelineConfig, config, [*sets, *overrides])
     return replace(cfg, output_dir=str(output / name), cache_dir=str(output / "cache"))
 
 
@@ -88,6 +108,30 @@ def pillar_costs(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
     out = {name: diff(mean.get(name), full) for name in VARIANTS if name != "full" and name in mean}
     out["full_vs_inbatch_only"] = diff(full, mean.get("inbatch_only"))
     return out
+
+
+def training_costs(output: Path, names: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Variant -> ``{tokens, steps, train_seconds}`` from ``train/model/training.json`` (None: no model)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for name in names:
+        path = output / name / "train" / "model" / "training.json"
+        meta = json.loads(path.read_text()) if path.is_file() else None
+        out[name] = None if meta is None else {k: meta.get(k) for k in ("tokens", "steps", "train_seconds")}
+    return out
+
+
+def format_costs(costs: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """Markdown table of :func:`training_costs` (``n/a`` where a run or a field is missing)."""
+
+    def cell(row: Mapping[str, Any] | None, key: str, fmt: str) -> str:
+        value = None if row is None else row.get(key)
+        return "n/a" if value is None else format(value, fmt)
+
+    lines = ["| variant | tokens encoded | steps | training wall s |", "|---|---:|---:|---:|"]
+    for name, row in costs.items():
+        cells = [cell(row, "tokens", ","), cell(row, "steps", "d"), cell(row, "train_seconds", ".1f")]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -122,6 +166,7 @@ def main() -> None:
         for label, p in folders.items()
     }
     costs = pillar_costs(rows)
+    spent = training_costs(args.output, names)
     cost_lines = "\n".join(f"- {k}: {v:+.2f}" if v is not None else f"- {k}: n/a" for k, v in costs.items())
     labels = "\n".join(f"- {label}: `{p}`" for label, p in folders.items())
     per_task = task_table({r["model"]: r["per_task"] for r in rows}, tasks, trained_on=trained_on)
@@ -130,13 +175,21 @@ def main() -> None:
         f"# Ablation\n\n{head}\n\n"
         f"{format_leaderboard(rows)}\n\n## Per task\n\n{per_task}\n\n"
         f"(* trained on this task's data)\n\n## Mean(Task) against the full recipe\n\n{cost_lines}\n\n"
+        f"## Training cost\n\n{format_costs(spent)}\n\n"
         f"## Result folders\n\n{labels}\n"
     )
     with atomic_write(args.output / "ablation.md") as fh:
         fh.write(text)
     write_json(
         args.output / "ablation.json",
-        {"config": str(args.config), "sets": args.set, "rows": rows, "costs": costs, "wall_s": wall},
+        {
+            "config": str(args.config),
+            "sets": args.set,
+            "rows": rows,
+            "costs": costs,
+            "training_costs": spent,
+            "wall_s": wall,
+        },
     )
     print(text)
 

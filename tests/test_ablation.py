@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     full = cfg["full"]
     assert full.train.data.max_shots > 0 and full.eval.shots > 0 and full.train.loss.kl_weight > 0
     assert full.mine.relative_margin is not None and full.train.data.group_size > 1
+    assert full.train.data.hard_negatives_after == 0 and full.train.optim.max_tokens is None
     assert full.cache_dir == str(tmp_path / "cache") and full.output_dir == str(tmp_path / "full")
     # everything the variants share: steps, batch, seed, data, base model, evaluated tasks
     for c in cfg.values():
@@ -57,9 +59,27 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     ll = cfg["label_layout"]
     assert ll.classification_layout == "label" and full.classification_layout == "text"
     assert (ll.train, ll.mine, ll.eval) == (full.train, full.mine, full.eval)
-    assert set(ablation.PILLARS) <= set(ablation.VARIANTS) and "label_layout" not in ablation.PILLARS
+    # curriculum: the full recipe after inbatch_only's rule for the first third of the steps
+    cur = cfg["curriculum"]
+    assert cur.train.data.hard_negatives_after == full.train.optim.max_steps // 3 > 0
+    assert replace(cur.train.data, hard_negatives_after=0) == full.train.data
+    assert (cur.train.loss, cur.mine, cur.eval) == (full.train.loss, full.mine, full.eval)
+    assert set(ablation.PILLARS) <= set(ablation.VARIANTS)
+    assert "label_layout" not in ablation.PILLARS and "curriculum" not in ablation.PILLARS
     with pytest.raises(ValueError, match="unknown variant"):
         ablation.variant_config(ROOT / "configs" / "ablation.toml", "no_lora", [], tmp_path)
+
+
+def test_overrides_reach_every_variant_and_the_curriculum_follows_max_steps(ablation, tmp_path):
+    sets = ["train.optim.max_steps=30", "train.optim.max_tokens=50000"]
+    for name in ablation.VARIANTS:
+        c = ablation.variant_config(ROOT / "configs" / "ablation.toml", name, sets, tmp_path)
+        assert (c.train.optim.max_steps, c.train.optim.max_tokens) == (30, 50000), name
+        assert c.train.data.hard_negatives_after == (10 if name == "curriculum" else 0), name
+    with pytest.raises(ValueError, match="max_steps"):
+        ablation.variant_config(
+            ROOT / "configs" / "ablation.toml", "curriculum", ["train.optim.max_steps=none"], tmp_path
+        )
 
 
 def test_ablation_config_evaluates_no_task_it_trains_on():
@@ -107,3 +127,26 @@ def test_result_folders_keep_one_base_per_prompt_setting(ablation, tmp_path):
         "teacher (all-MiniLM-L6-v2)",
     ]
     assert rows["base, untrained (0-shot prompts)"] == tmp_path / "no_shots" / "eval" / "base"
+
+
+def test_training_costs_table_reads_each_variants_training_json(ablation, tmp_path):
+    for name, meta in [
+        ("full", {"steps": 80, "tokens": 1234567, "train_seconds": 612.34}),
+        ("curriculum", {"steps": 95, "tokens": 1234600}),  # a field missing: n/a
+    ]:
+        model = tmp_path / name / "train" / "model"
+        model.mkdir(parents=True)
+        (model / "training.json").write_text(json.dumps({"config": {}, **meta}))
+    costs = ablation.training_costs(tmp_path, ["full", "curriculum", "no_shots"])
+    assert costs == {
+        "full": {"tokens": 1234567, "steps": 80, "train_seconds": 612.34},
+        "curriculum": {"tokens": 1234600, "steps": 95, "train_seconds": None},
+        "no_shots": None,  # not trained (yet)
+    }
+    assert ablation.format_costs(costs).splitlines() == [
+        "| variant | tokens encoded | steps | training wall s |",
+        "|---|---:|---:|---:|",
+        "| full | 1,234,567 | 80 | 612.3 |",
+        "| curriculum | 1,234,600 | 95 | n/a |",
+        "| no_shots | n/a | n/a | n/a |",
+    ]

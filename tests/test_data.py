@@ -213,3 +213,74 @@ def test_collated_batch_carries_raw_documents_and_positives(prompter) -> None:
     for prompt, raw in zip(batch.documents, batch.doc_texts, strict=True):
         assert prompt.endswith(raw)
     assert batch.positives == [ts.records[0].positives, ts.records[1].positives]
+
+
+# ----------------------------------------------------------------------------- teacher vectors (issue 11)
+
+
+def _teacher_file(path: Path, rows: list[dict], *, name: str = "bi:t", dim: int = 4) -> tuple[Path, dict]:
+    """A ``NAME.teacher.npz`` for mined ``rows`` with a distinct random vector per text."""
+    import numpy as np
+
+    from anna_embed.teachers import TeacherEmbeddings
+
+    rng = np.random.default_rng(0)
+    texts = list(dict.fromkeys(t for r in rows for t in r["pos"] + r["neg"]))
+    vecs = {("q", i): rng.normal(size=dim).astype(np.float32) for i in range(len(rows))}
+    vecs |= {("d", t): rng.normal(size=dim).astype(np.float32) for t in texts}
+    TeacherEmbeddings(
+        teacher=name,
+        score_kind="cosine",
+        query_texts=tuple(r["query"] for r in rows),
+        query_emb=np.stack([vecs[("q", i)] for i in range(len(rows))]),
+        document_texts=tuple(texts),
+        document_tasks=tuple(rows[0]["task"] for _ in texts),
+        document_emb=np.stack([vecs[("d", t)] for t in texts]),
+    ).save(path)
+    return path, vecs
+
+
+def test_collate_carries_the_teachers_vectors_of_the_batch(tmp_path: Path, prompter) -> None:
+    import numpy as np
+
+    rows = _mined(6)
+    data = _write(tmp_path / "m.jsonl", rows)
+    teacher, vecs = _teacher_file(tmp_path / "m.teacher.npz", rows)
+    ts = TrainingSet.from_sources([DataSource(str(data), teacher_embeddings=str(teacher))])
+    assert ts.teacher == "bi:t"
+    batch = ts.collate([4, 1], seed=0, epoch=0, group_size=3, max_shots=0, prompter=prompter)
+    assert batch.teacher_q_emb.shape == (2, 4) and batch.teacher_d_emb.shape == (6, 4)
+    np.testing.assert_array_equal(batch.teacher_q_emb, np.stack([vecs[("q", 4)], vecs[("q", 1)]]))
+    np.testing.assert_array_equal(batch.teacher_d_emb, np.stack([vecs[("d", t)] for t in batch.doc_texts]))
+    # a document the teacher never embedded: no vectors for the batch (it keeps the group KL)
+    edited = [{**r, "neg": [f"edited {i}", *r["neg"][1:]]} for i, r in enumerate(rows)]
+    ts_edited = TrainingSet.from_sources(
+        [DataSource(str(_write(tmp_path / "e.jsonl", edited)), teacher_embeddings=str(teacher))]
+    )
+    unseen = ts_edited.collate([0, 1], seed=0, epoch=0, group_size=4, max_shots=0, prompter=prompter)
+    assert any(t.startswith("edited") for t in unseen.doc_texts)
+    assert unseen.teacher_q_emb is None and unseen.teacher_d_emb is None
+    # without a teacher file nothing changes
+    plain = TrainingSet.from_sources([DataSource(str(data))])
+    assert plain.teacher is None
+    assert (
+        plain.collate([4, 1], seed=0, epoch=0, group_size=3, max_shots=0, prompter=prompter).teacher_q_emb
+        is None
+    )
+
+
+def test_teacher_file_of_another_mining_run_is_refused(tmp_path: Path) -> None:
+    rows = _mined(3)
+    teacher, _ = _teacher_file(tmp_path / "m.teacher.npz", rows)
+    other = _write(tmp_path / "other.jsonl", _mined(3)[::-1])
+    with pytest.raises(InputError, match="query row 0 does not match"):
+        TrainingSet.from_sources([DataSource(str(other), teacher_embeddings=str(teacher))])
+    data = _write(tmp_path / "m.jsonl", rows)
+    second, _ = _teacher_file(tmp_path / "m2.teacher.npz", rows, name="bi:other")
+    with pytest.raises(InputError, match="differs from another source"):
+        TrainingSet.from_sources(
+            [
+                DataSource(str(data), teacher_embeddings=str(teacher)),
+                DataSource(str(data), teacher_embeddings=str(second)),
+            ]
+        )

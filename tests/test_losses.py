@@ -294,3 +294,57 @@ def test_copies_of_own_positive_leave_infonce_and_kl(in_batch: bool) -> None:
     ).loss
     loss.backward()
     assert torch.isfinite(qg.grad).all()
+
+
+# ----------------------------------------------------------------------------- batch-scope KL (issue 11)
+
+
+def test_distill_kl_over_a_batch_row_hand_computed_with_exclusion() -> None:
+    # one query, three in-batch candidates, the third a copy of its own positive (excluded from both sides);
+    # kept: teacher (log 3, 0) -> (3/4, 1/4), student (0, 0) -> (1/2, 1/2)
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    student = torch.tensor([[0.0, 0.0, 5.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0, 9.0]])
+    exclude = torch.tensor([[False, False, True]])
+    got = distill_kl(student, teacher, student_temperature=1.0, teacher_temperature=1.0, exclude=exclude)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    unmasked = distill_kl(student, teacher, student_temperature=1.0, teacher_temperature=1.0)
+    assert abs(unmasked.item() - expected) > 0.1  # unmasked, the copy would take most of both distributions
+
+
+def _kl(p_t: list[float], p_s: list[float]) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p_t, p_s, strict=True))
+
+
+def test_embedding_loss_batch_scope_covers_every_candidate_with_infonce_masks() -> None:
+    # B = 2 queries, G = 2: documents [pos0, neg0, pos1, neg1]; neg1 is a copy of query 0's positive.
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # student scores q @ d.T:
+    # [[1, 0, 0, 1], [0, 1, 1, 0]]
+    own = torch.tensor([[False, False, False, True], [False, False, False, False]])
+    teacher_batch = torch.tensor([[math.log(3.0), 0.0, 0.0, 7.0], [0.0, 0.0, math.log(3.0), 0.0]])
+    e = math.e
+    # row 0 (column 3 excluded): p_t = (3, 1, 1) / 5, p_s = (e, 1, 1) / (e + 2)
+    row0 = _kl([0.6, 0.2, 0.2], [e / (e + 2), 1 / (e + 2), 1 / (e + 2)])
+    # row 1 (all four): p_t = (1, 1, 3, 1) / 6, p_s = (1, e, e, 1) / (2 + 2e)
+    z = 2 + 2 * e
+    row1 = _kl([1 / 6, 1 / 6, 1 / 2, 1 / 6], [1 / z, e / z, e / z, 1 / z])
+    kw = dict(group_size=2, student_temperature=1.0, teacher_temperature=1.0, kl_weight=1.0, own_positive=own)
+    out = embedding_loss(q, d, in_batch=True, teacher_batch_scores=teacher_batch, **kw)
+    assert out.kl.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+    assert out.loss.item() == pytest.approx(out.contrastive.item() + out.kl.item(), abs=1e-6)
+    # the group scope with the same teacher's group columns covers only [pos, neg] of each query
+    group_teacher = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0]])
+    group = embedding_loss(q, d, in_batch=True, teacher_scores=group_teacher, **kw)
+    assert group.kl.item() == pytest.approx(_kl([0.75, 0.25], [e / (e + 1), 1 / (e + 1)]), abs=1e-6)
+    assert group.contrastive.item() == pytest.approx(out.contrastive.item())  # InfoNCE is unchanged
+    # group-only batches keep the group KL: the batch matrix is ignored
+    group_only = embedding_loss(
+        q, d, in_batch=False, teacher_scores=group_teacher, teacher_batch_scores=teacher_batch, **kw
+    )
+    plain_group = embedding_loss(q, d, in_batch=False, teacher_scores=group_teacher, **kw)
+    assert group_only.kl.item() == pytest.approx(plain_group.kl.item(), abs=1e-7)
+    # gradients stay finite through the excluded (-inf) column
+    qg = q.clone().requires_grad_(True)
+    embedding_loss(qg, d, in_batch=True, teacher_batch_scores=teacher_batch, **kw).loss.backward()
+    assert torch.isfinite(qg.grad).all()

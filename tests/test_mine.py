@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +417,49 @@ def test_cli_flags_become_config_overrides(tmp_path, monkeypatch):
         0.2,
         9,
     )
+
+
+# ----------------------------------------------------------------------------- teacher embeddings (issue 11)
+
+
+class _BowEncoder:
+    """The fake bag-of-words vectors behind a real :class:`BiEncoder` (the ``bi:`` reranker path)."""
+
+    def encode_queries(self, texts, *, task=None, instruction=None, batch_size=32):
+        return fake.embed(texts)
+
+    def encode_documents(self, texts, *, task=None, batch_size=32):
+        return fake.embed(texts)
+
+
+def test_teacher_embeddings_beside_the_output_reproduce_its_soft_labels(tmp_path):
+    from anna_embed.teachers import BiEncoder, TeacherEmbeddings
+
+    cfg = replace(CFG, teacher_embeddings=True)
+    out, manifest, _, _ = _run(tmp_path, "te", cfg, reranker=BiEncoder(_BowEncoder(), name="bi:bow"))
+    path = out.with_name("mined.teacher.npz")
+    assert manifest["teacher_embeddings"]["path"] == str(path)
+    te = TeacherEmbeddings.load(path)
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert te.query_texts == tuple(r["query"] for r in records) and te.teacher == "bi:bow"
+    docs = {text: row for row, text in enumerate(te.document_texts)}
+    assert set(docs) == {t for r in records for t in r["pos"] + r["neg"]}
+    for i, rec in enumerate(records):  # every written score is the dot product of the saved vectors
+        for texts, scores in ((rec["pos"], rec["pos_scores"]), (rec["neg"], rec["neg_scores"])):
+            got = [float(te.query_emb[i] @ te.document_emb[docs[t]]) for t in texts]
+            assert got == pytest.approx(scores, abs=1e-5)
+
+
+def test_teacher_embeddings_need_a_bi_encoder_reranker(tmp_path):
+    with pytest.raises(ValueError, match=r"bi-encoder reranker \(bi:NAME\), not 'fake-logit'"):
+        _run(tmp_path, "logit", replace(CFG, teacher_embeddings=True))
+    assert not (tmp_path / "logit").exists() or not list((tmp_path / "logit").iterdir())
+
+
+def test_cli_teacher_embeddings_flag(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(mine, "run", lambda cfg, train, out, **kw: seen.update(cfg=cfg) or {"summary": []})
+    parser = argparse.ArgumentParser()
+    main = mine.add_cli("mine", parser)
+    assert main(parser.parse_args(["--train", "t.jsonl", "--out", "o.jsonl", "--teacher-embeddings"])) == 0
+    assert seen["cfg"].teacher_embeddings is True

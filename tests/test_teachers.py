@@ -214,3 +214,155 @@ def test_offline_minilm_retriever_ranks_the_relevant_document_first():
     assert q.shape == (1, 384) and np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
     scores = (q @ d.T)[0]
     assert scores[0] > scores[1] + 0.3
+
+
+# ----------------------------------------------------------------------------- sentence-transformers-only
+
+
+def _modules(folder, types: list[str], pooling: dict | None = None):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"idx": i, "name": str(i), "path": "" if i == 0 else f"{i}_{t.rsplit('.', 1)[-1]}", "type": t}
+        for i, t in enumerate(types)
+    ]
+    (folder / "modules.json").write_text(json.dumps(rows))
+    if pooling is not None:
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    return folder
+
+
+def test_sentence_transformers_only_names_what_the_embedder_would_drop(tmp_path):
+    from anna_embed.embedder import sentence_transformers_only
+
+    legacy = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling"]
+    mean = {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False, "include_prompt": True}
+    minilm = _modules(tmp_path / "minilm", [*legacy, "sentence_transformers.models.Normalize"], mean)
+    assert sentence_transformers_only(minilm) == []  # MiniLM / mpnet keep the Embedder path
+    gemma = [*legacy, "sentence_transformers.models.Dense", "sentence_transformers.models.Dense"]
+    assert sentence_transformers_only(_modules(tmp_path / "gemma", gemma, mean)) == ["Dense", "Dense"]
+    new_names = ["sentence_transformers.base.modules.transformer.Transformer", "x.pooling.Pooling"]
+    maxpool = {"pooling_mode_max_tokens": True}
+    assert sentence_transformers_only(_modules(tmp_path / "max", new_names, maxpool)) == [
+        "Pooling(pooling_mode_max_tokens)"
+    ]
+    assert sentence_transformers_only(tmp_path) == []  # no modules.json: a plain HF folder
+
+
+@pytest.fixture(scope="module")
+def tiny_st_folder(tmp_path_factory):
+    """A random bidirectional Gemma 3 + mean Pooling + Dense + Normalize with query/document prompts, laid
+    out as EmbeddingGemma is (``model_type: gemma3_text``, which the Embedder takes for a decoder)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as st_modules
+
+    from conftest import build_backbone, build_tokenizer
+
+    root = tmp_path_factory.mktemp("st")
+    tokenizer = build_tokenizer()
+    backbone = build_backbone("gemma3", len(tokenizer))
+    backbone.config.use_bidirectional_attention = True
+    backbone.save_pretrained(root / "backbone")
+    tokenizer.save_pretrained(root / "backbone")
+    torch.manual_seed(0)
+    model = SentenceTransformer(
+        modules=[
+            st_modules.Transformer(str(root / "backbone")),
+            st_modules.Pooling(32, "mean"),
+            st_modules.Dense(32, 12, activation_function=torch.nn.Identity()),
+            st_modules.Normalize(),
+        ],
+        prompts={"query": "task: search result | query: ", "document": "title: none | text: "},
+        device="cpu",
+    )
+    model.save(str(root / "model"))
+    return root / "model"
+
+
+def test_st_only_folder_is_a_teacher_with_its_own_prompts(tiny_st_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from anna_embed.teachers import SentenceTransformerEncoder
+
+    queries = ["how do caves form", "the cat"]
+    docs = ["A glacier cave is formed in the ice.", "The cat sat on the mat.", "Stock prices fell."]
+    retriever = teachers.load_retriever(f"bi:{tiny_st_folder}", batch_size=2)
+    assert isinstance(retriever, BiEncoder) and isinstance(retriever.encoder, SentenceTransformerEncoder)
+    reference = SentenceTransformer(str(tiny_st_folder), device="cpu")
+    expect_q = reference.encode(queries, prompt_name="query")
+    expect_d = reference.encode(docs, prompt_name="document")
+    q = retriever.encode_queries(queries, task="SciFact", instruction="ignored")
+    d = retriever.encode_documents(docs, task="SciFact")
+    assert q.shape == (2, 12) and d.shape == (3, 12)  # the Dense layer's width, not the backbone's 32
+    np.testing.assert_allclose(q, expect_q, atol=1e-5)
+    np.testing.assert_allclose(d, expect_d, atol=1e-5)
+    # the prompts matter: the same text is a different vector as a query and as a document
+    assert not np.allclose(
+        retriever.encode_queries(docs[:1]), retriever.encode_documents(docs[:1]), atol=1e-3
+    )
+    reranker = teachers.load_reranker(f"bi:{tiny_st_folder}")
+    assert reranker.score_kind == "cosine"
+    scores = reranker.score([queries[0]] * 3, docs)
+    np.testing.assert_allclose(scores, expect_d @ expect_q[0], atol=1e-5)
+
+
+def test_embedder_refuses_an_st_only_folder_with_a_pointer_to_teachers(tiny_st_folder):
+    from anna_embed.embedder import Embedder, SentenceTransformersOnlyError
+
+    with pytest.raises(SentenceTransformersOnlyError, match=r"Dense.*bi:NAME"):
+        Embedder.from_pretrained(tiny_st_folder)
+
+
+# ----------------------------------------------------------------------------- teacher embeddings file
+
+
+def test_teacher_embeddings_round_trip_and_come_from_the_teachers_cache(tmp_path):
+    enc = _CountingEncoder()
+    bi = BiEncoder(enc, name="bi:test")
+    records = [
+        {"query": "q1", "pos": ["a"], "neg": ["b", "c"], "task": "SciFact", "instruction": None},
+        {"query": "q2", "pos": ["b"], "neg": ["a"], "task": "SciFact", "instruction": "Find it."},
+        {"query": "q1", "pos": ["d"], "neg": ["é ü"], "task": "MyTask", "instruction": "Other."},
+    ]
+    scores = bi.score(["q2", "q2"], ["b", "a"], task="SciFact", instruction="Find it.")
+    seen = len(enc.seen)
+    te = teachers.embed_mined_records(bi, records)
+    assert te.query_texts == ("q1", "q2", "q1") and te.teacher == "bi:test" and te.score_kind == "cosine"
+    assert set(zip(te.document_tasks, te.document_texts, strict=True)) == {
+        ("SciFact", "a"),
+        ("SciFact", "b"),
+        ("SciFact", "c"),
+        ("MyTask", "d"),
+        ("MyTask", "é ü"),
+    }
+    assert len(enc.seen) - seen == 2 + 3  # new: q1 twice (two prompts); c, d, "é ü" (q2, a, b cached)
+    docs = {(t, x): v for t, x, v in zip(te.document_tasks, te.document_texts, te.document_emb, strict=True)}
+    assert te.query_emb[1] @ docs[("SciFact", "b")] == pytest.approx(scores[0], abs=1e-6)
+    path = teachers.teacher_embeddings_path(tmp_path / "mined.jsonl")
+    assert path.name == "mined.teacher.npz"
+    back = teachers.TeacherEmbeddings.load(te.save(path))
+    assert back.query_texts == te.query_texts and back.document_texts == te.document_texts
+    assert back.document_tasks == te.document_tasks and back.teacher == te.teacher
+    np.testing.assert_array_equal(back.query_emb, te.query_emb)
+    np.testing.assert_array_equal(back.document_emb, te.document_emb)
+
+
+@pytest.mark.integration
+def test_offline_embeddinggemma_teacher_ranks_the_relevant_document_first():
+    from anna_embed.models import is_provisioned
+
+    if not is_provisioned("embeddinggemma-300m"):
+        pytest.skip("anna-embed models pull embeddinggemma-300m first")
+    retriever = teachers.load_retriever("bi:embeddinggemma-300m", max_length=64)
+    q = retriever.encode_queries(["how are glacier caves formed", "what did the stock market do"])
+    d = retriever.encode_documents(
+        [
+            "A glacier cave is a cave formed within the ice of a glacier.",
+            "The stock market fell sharply on Monday.",
+        ]
+    )
+    assert q.shape == (2, 768)
+    scores = q @ d.T
+    assert scores[0, 0] > scores[0, 1] + 0.2 and scores[1, 1] > scores[1, 0] + 0.2

@@ -405,9 +405,7 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
     dropped = clipped = 0
     for epoch in range(4):
         idx = [0, 5, 9]
-        batch = ts.collate(
-            idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb
-        )
+        batch = ts.collate(idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb)
         dropped += batch.examples_dropped
         clipped += sum(CLIP_MARK in q for q in batch.queries)
         counts = prompt_counts(emb, batch)
@@ -546,3 +544,283 @@ def test_train_config_loads_without_torch():
 
     code = "import sys, anna_embed.train_config; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_curriculum_trains_in_batch_only_before_hard_negatives_after(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """Steps < N: in-batch-type batches have G = 1 and no KL; then the full recipe; classification keeps G."""
+    n = 4  # epoch 0 of the tiny plan: SciFact x3, Banking77 x2, SciFact (both tasks on both sides of N)
+    cfg = _cfg(tiny, tmp_path / "cur", "optim.max_steps=6", f"data.hard_negatives_after={n}")
+    trainer = Trainer(cfg)
+    seen: list[tuple[int, str, int, bool, float]] = []
+    real_step = trainer._train_step
+
+    def spy(batch: Any) -> Any:
+        seen.append((trainer.step, batch.task, batch.group_size, batch.in_batch, trainer._kl_weight()))
+        return real_step(batch)
+
+    trainer._train_step = spy
+    trainer.fit()
+    g = cfg.data.group_size
+    for step, task, group, in_batch, kl_weight in seen:
+        early = step < n
+        assert in_batch == (task == "SciFact")
+        assert group == (1 if early and task == "SciFact" else g), (step, task)
+        assert kl_weight == (0.0 if early else cfg.loss.kl_weight), step
+    assert {(s < n, t) for s, t, *_ in seen} == {
+        (early, task) for early in (True, False) for task in ("SciFact", "Banking77Classification")
+    }
+    rows = [json.loads(x) for x in (tmp_path / "cur" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["in_batch_only"] * n + ["full"] * (6 - n)
+    assert all(r["kl"] == 0 for r in rows[:n])
+    assert any(r["kl"] > 0 for r in rows[n:] if r["task"] == "SciFact")  # teacher scores count again
+    # G = 1 leaves nothing to distil, so check the KL switch where groups stay: every type group-only
+    never = _cfg(
+        tiny, tmp_path / "never", "optim.max_steps=3", "data.hard_negatives_after=3", "data.in_batch=never"
+    )
+    train(never)
+    rows = [json.loads(x) for x in (tmp_path / "never" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["kl"]) for r in rows] == [("SciFact", 0.0)] * 3
+
+
+def _plain_token_counts(tiny: dict[str, Path], cfg: TrainConfig, steps: int) -> list[int]:
+    """Oracle: non-pad tokens of each step's queries and documents, by a plain loop over the batch plan."""
+    from anna_embed.data import plan_batches
+    from anna_embed.embedder import Embedder
+
+    m, d = cfg.model, cfg.data
+    emb = Embedder.from_pretrained(tiny["model"], dtype="float32", max_length=m.max_length, device="cpu")
+    emb.config = replace(
+        emb.config, shot_max_tokens=d.shot_max_tokens, examples_max_length=d.examples_max_length
+    )
+    ts = TrainingSet(load_records(DataSource(str(tiny["data"]))))
+    names = [r.task.name for r in ts.records]
+    bs = cfg.optim.batch_size
+    per_epoch = len(plan_batches(names, batch_size=bs, seed=cfg.run.seed, epoch=0))
+    counts = []
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        idx = plan_batches(names, batch_size=bs, seed=cfg.run.seed, epoch=epoch)[i]
+        b = ts.collate(
+            idx, seed=cfg.run.seed, epoch=epoch, group_size=d.group_size, max_shots=d.max_shots, prompter=emb
+        )
+        texts = [
+            *zip(b.queries, b.query_extra, strict=True),
+            *zip(b.documents, b.document_extra, strict=True),
+        ]
+        # one text at a time, so no padding: its ids' length is its token count
+        counts.append(sum(len(_unpadded(emb, [t], [n])[0]) for t, n in texts))
+    return counts
+
+
+def test_max_tokens_fixes_total_steps_and_tokens_are_cumulative(
+    tiny: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import itertools
+
+    cfg = _cfg(tiny, tmp_path / "tok", "optim.max_steps=20")
+    cum = list(itertools.accumulate(_plain_token_counts(tiny, cfg, 8)))
+    assert cum[0] > 0
+    for budget, steps in ((cum[3], 4), (cum[3] + 1, 5), (cum[7], 8)):
+        planned = Trainer(replace(cfg, optim=replace(cfg.optim, max_tokens=budget)))
+        assert planned.total_steps == steps and planned.planned_tokens == cum[:steps], budget
+    # max_steps (or the data's epochs) bounds the run: a warning, not an endless run
+    capped = replace(cfg, optim=replace(cfg.optim, max_steps=None, epochs=1, max_tokens=10**9))
+    with caplog.at_level("WARNING", logger="anna_embed.train"):
+        assert Trainer(capped).total_steps == 6
+    assert "max_tokens=1000000000 not reached" in caplog.text
+    # the run: cumulative tokens in every row, reaching the budget exactly at its last step
+    trainer = Trainer(replace(cfg, optim=replace(cfg.optim, max_tokens=cum[3])))
+    out = trainer.fit()
+    rows = [json.loads(x) for x in (tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r["tokens"] for r in rows] == cum[:4]
+    meta = json.loads((out / "training.json").read_text())
+    assert (meta["steps"], meta["tokens"]) == (4, cum[3]) and meta["train_seconds"] > 0
+    assert meta["config"]["optim"]["max_tokens"] == cum[3]
+
+
+def test_resume_with_max_tokens_reaches_same_weights(tiny: dict[str, Path], tmp_path: Path) -> None:
+    import itertools
+
+    base = _cfg(tiny, tmp_path / "x", "optim.max_steps=20")
+    budget = list(itertools.accumulate(_plain_token_counts(tiny, base, 6)))[4] + 1  # reached at step 6
+    extra = (
+        "optim.max_steps=20",
+        f"optim.max_tokens={budget}",
+        "lora.dropout=0.1",
+        "data.hard_negatives_after=2",
+    )
+    train(_cfg(tiny, tmp_path / "full", *extra))
+    cut = _cfg(tiny, tmp_path / "cut", *extra)
+
+    def crash_after_3(info) -> None:
+        if info.step == 3:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(cut, callbacks=[crash_after_3])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000002"
+    train(cut, resume=True)
+    a, b = _final_trainable(tmp_path / "full"), _final_trainable(tmp_path / "cut")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
+    ra, rb = (
+        [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("full", "cut")
+    )
+    assert [r["step"] for r in ra] == [1, 2, 3, 4, 5, 6]
+    assert [(r["tokens"], r["phase"]) for r in ra] == [(r["tokens"], r["phase"]) for r in rb]
+    assert ra[-1]["tokens"] >= budget > ra[-2]["tokens"]
+    for run in ("full", "cut"):
+        meta = json.loads((tmp_path / run / "model" / "training.json").read_text())
+        assert (meta["steps"], meta["tokens"]) == (6, ra[-1]["tokens"]) and meta["train_seconds"] > 0
+
+
+def test_two_processes_plan_and_count_the_tokens_of_one(tiny, tmp_path: Path) -> None:
+    """optim.max_tokens under torchrun (2 processes x batch 2): each process counts its share, the sums
+    give the single process's plan (batch 4): the same steps and cumulative tokens as the plain count."""
+    import itertools
+
+    cum = list(itertools.accumulate(_plain_token_counts(tiny, _cfg(tiny, tmp_path / "x"), 4)))
+    script = tmp_path / "run.py"
+    script.write_text(_TWO_PROC)
+    cfg = _cfg(tiny, tmp_path / "p2", "optim.max_steps=20", "optim.batch_size=2", "lora.dropout=0.0")
+    cfg = replace(cfg, optim=replace(cfg.optim, max_tokens=cum[2] + 1))
+    cfg_file = tmp_path / "p2.json"
+    cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    port = str(29700 + os.getpid() % 1000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    proc = subprocess.run(
+        [*cmd, str(script), str(cfg_file), str(tiny["data"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(r) for r in (tmp_path / "p2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in rows] == cum[:4]
+    meta = json.loads((tmp_path / "p2" / "model" / "training.json").read_text())
+    assert (meta["steps"], meta["tokens"]) == (4, cum[3])
+
+
+# ----------------------------------------------------------------------------- batch-scope KL (issue 11)
+
+
+def _teacher_npz(tiny: dict[str, Path], path: Path) -> Path:
+    """Random unit teacher vectors for every query and text of the tiny data (a stand-in for mining's)."""
+    import numpy as np
+
+    from anna_embed.teachers import TeacherEmbeddings
+
+    rows = [json.loads(x) for x in tiny["data"].read_text().splitlines()]
+    docs = list(dict.fromkeys((r["task"], t) for r in rows for t in r["pos"] + r["neg"]))
+    rng = np.random.default_rng(0)
+
+    def unit(n: int) -> np.ndarray:
+        v = rng.normal(size=(n, 8)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    TeacherEmbeddings(
+        teacher="bi:random",
+        score_kind="cosine",
+        query_texts=tuple(r["query"] for r in rows),
+        query_emb=unit(len(rows)),
+        document_texts=tuple(t for _, t in docs),
+        document_tasks=tuple(task for task, _ in docs),
+        document_emb=unit(len(docs)),
+    ).save(path)
+    return path
+
+
+def _with_teacher(cfg: TrainConfig, data: Path, teacher: Path | None) -> TrainConfig:
+    src = DataSource(str(data), teacher_embeddings=None if teacher is None else str(teacher))
+    return replace(cfg, data=replace(cfg.data, sources=(src,)))
+
+
+def test_batch_distill_scope_covers_the_batch_and_keeps_group_only_types(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    teacher = _teacher_npz(tiny, tmp_path / "train.teacher.npz")
+    outs = {}
+    for scope in ("group", "batch"):
+        cfg = _cfg(tiny, tmp_path / scope, "lora.dropout=0.0", f"loss.distill_scope={scope}")
+        trainer = Trainer(_with_teacher(cfg, tiny["data"], teacher))
+        kw = dict(seed=0, epoch=0, group_size=2, max_shots=2, prompter=trainer.emb)
+        retrieval = trainer.data.collate([0, 1, 2, 3], **kw)  # SciFact: in-batch negatives
+        labels = trainer.data.collate([16, 17, 18, 19], **kw)  # Banking77: group-only
+        assert retrieval.in_batch and retrieval.teacher_d_emb.shape == (8, 8) and not labels.in_batch
+        outs[scope] = (trainer._train_step(retrieval), trainer._train_step(labels))
+    (group_r, group_l), (batch_r, batch_l) = outs["group"], outs["batch"]
+    assert batch_r.contrastive.item() == pytest.approx(group_r.contrastive.item(), rel=1e-6)
+    assert batch_r.kl.item() > 0 and abs(batch_r.kl.item() - group_r.kl.item()) > 1e-3
+    assert batch_l.kl.item() == pytest.approx(group_l.kl.item(), rel=1e-6)  # group-only keeps the group KL
+    trainer.data.teacher = None  # as if no source named a teacher file
+    with pytest.raises(ValueError, match="--teacher-embeddings"):
+        trainer._train_step(retrieval)
+
+
+def test_batch_distill_scope_grad_cache_equals_plain(tiny: dict[str, Path], tmp_path: Path) -> None:
+    teacher = _teacher_npz(tiny, tmp_path / "train.teacher.npz")
+    results = []
+    for extra in ((), ("loss.grad_cache_chunk=3",)):
+        cfg = _cfg(tiny, tmp_path / "gc", "lora.dropout=0.0", "loss.distill_scope=batch", *extra)
+        results.append(_step_grads(_with_teacher(cfg, tiny["data"], teacher)))
+    (loss_a, plain), (loss_b, cached) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    for k in plain:
+        assert torch.allclose(plain[k], cached[k], atol=1e-5, rtol=1e-3), k
+
+
+_TWO_PROC_TEACHER = r"""
+import sys
+from dataclasses import replace
+from anna_embed import config as C
+from anna_embed.data import DataSource
+from anna_embed.train import train
+from anna_embed.train_config import TrainConfig
+cfg = C.load(TrainConfig, sys.argv[1])
+src = DataSource(sys.argv[2], teacher_embeddings=sys.argv[3])
+train(replace(cfg, data=replace(cfg.data, sources=(src,))))
+"""
+
+
+def test_batch_distill_scope_two_processes_match_one(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """torchrun 2 x batch 2 == 1 x batch 4 with the teacher's document vectors gathered across processes."""
+    teacher = _teacher_npz(tiny, tmp_path / "train.teacher.npz")
+    script = tmp_path / "run.py"
+    script.write_text(_TWO_PROC_TEACHER)
+    results = {}
+    for procs, bs in ((1, 4), (2, 2)):
+        cfg = _cfg(
+            tiny,
+            tmp_path / f"p{procs}",
+            "optim.max_steps=2",
+            f"optim.batch_size={bs}",
+            "lora.dropout=0.0",
+            "data.in_batch=always",
+            "loss.distill_scope=batch",
+        )
+        cfg_file = tmp_path / f"p{procs}.json"
+        cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        port = 29800 + procs + os.getpid() % 1000
+        launch = ["torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={port}"]
+        cmd = [sys.executable, "-m", *launch]
+        proc = subprocess.run(
+            [*cmd, str(script), str(cfg_file), str(tiny["data"]), str(teacher)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(r) for r in (tmp_path / f"p{procs}" / "metrics.jsonl").read_text().splitlines()]
+        assert all(r["kl"] > 0 for r in rows), rows  # Banking77 has no mined scores: only the batch KL
+        results[procs] = ([r["loss"] for r in rows], _final_trainable(tmp_path / f"p{procs}"))
+    assert results[1][0] == pytest.approx(results[2][0], rel=1e-5)
+    for k, v in results[1][1].items():
+        assert torch.allclose(v, results[2][1][k], atol=1e-5), k

@@ -6,9 +6,12 @@ Two record shapes are accepted, one JSON object per line:
   instruction}`` (scores optional, but when present one per text);
 * plain pairs: ``{query, positive, negative?, task?}`` (``negative`` a string or a list).
 
-``task`` may instead come from the data source (config). A ``label`` field, when present, is the text a
-few-shot example answers with (classification / clustering answer with the label, as BGE-EN-ICL does);
-otherwise the example answers with the record's first positive.
+``task`` may instead come from the data source (config), and so may a bi-encoder teacher's vectors of every
+text (``teacher_embeddings``, written by ``anna-embed mine --teacher-embeddings``): batches then carry them
+for the batch-scope soft labels (``loss.distill_scope = "batch"``).
+
+A ``label`` field, when present, is the text a few-shot example answers with (classification / clustering
+answer with the label, as BGE-EN-ICL does); otherwise the example answers with the record's first positive.
 
 Every random choice is a pure function of ``(seed, epoch, index)`` (:func:`rng_for`): which positive,
 which negatives, how many few-shot examples and which. The trainer only asks for "batch ``i`` of epoch
@@ -52,11 +55,14 @@ class DataSource:
         path: A JSONL file of records.
         task: Task name for records without a ``task`` field.
         max_records: Keep only the first this-many records (None: all).
+        teacher_embeddings: The ``NAME.teacher.npz`` mining wrote beside the file
+            (:class:`anna_embed.teachers.TeacherEmbeddings`), or None.
     """
 
     path: str
     task: str | None = None
     max_records: int | None = None
+    teacher_embeddings: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,9 @@ class TrainBatch:
         document_extra: The same per document (symmetric tasks carry their query's examples).
         zero_shot_queries: The query prompts without examples (to check examples never cut a query).
         examples_dropped: Whole examples dropped in this batch because the block exceeded its budget.
+        teacher_q_emb: ``[B, Dt]`` the teacher's query vectors (None unless every query and document of
+            the batch has one, see :meth:`TrainingSet.teacher_vectors`).
+        teacher_d_emb: ``[B * G, Dt]`` the teacher's document vectors, same order as ``documents``.
     """
 
     queries: list[str]
@@ -192,6 +201,8 @@ class TrainBatch:
     document_extra: list[int] = field(default_factory=list)
     zero_shot_queries: list[str] = field(default_factory=list)
     examples_dropped: int = 0
+    teacher_q_emb: np.ndarray | None = None
+    teacher_d_emb: np.ndarray | None = None
 
     @property
     def group_size(self) -> int:
@@ -214,22 +225,72 @@ class Prompter(Protocol):
 
 
 class TrainingSet:
-    """Records plus the per-task pools that shot and random-negative sampling draw from."""
+    """Records plus the per-task pools that shot and random-negative sampling draw from.
 
-    def __init__(self, records: Sequence[TrainRecord]):
+    Args:
+        records: The records.
+        teacher_query: Per record, the teacher's ``[Dt]`` query vector (None where unknown).
+        teacher_documents: The teacher's ``[Dt]`` document vector of each ``(task name, text)``.
+        teacher: The teacher's name (None: no teacher vectors).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[TrainRecord],
+        *,
+        teacher_query: Sequence[np.ndarray | None] | None = None,
+        teacher_documents: dict[tuple[str, str], np.ndarray] | None = None,
+        teacher: str | None = None,
+    ):
         self.records = list(records)
         pools: dict[str, list[int]] = defaultdict(list)
         for i, rec in enumerate(self.records):
             pools[rec.task.name].append(i)
         self.pools = dict(pools)
+        self.teacher_query = list(teacher_query) if teacher_query is not None else [None] * len(self.records)
+        self.teacher_documents = teacher_documents or {}
+        self.teacher = teacher
 
     @classmethod
     def from_sources(cls, sources: Sequence[DataSource]) -> TrainingSet:
-        """Load and concatenate every source."""
+        """Load and concatenate every source (and the teacher vectors of those that name a file)."""
         records: list[TrainRecord] = []
+        t_query: list[np.ndarray | None] = []
+        t_docs: dict[tuple[str, str], np.ndarray] = {}
+        teacher: str | None = None
         for src in sources:
-            records.extend(load_records(src))
-        return cls(records)
+            recs = load_records(src)
+            records.extend(recs)
+            if src.teacher_embeddings is None:
+                t_query += [None] * len(recs)
+                continue
+            name, queries = _load_teacher_vectors(src, recs, t_docs)
+            if teacher is not None and name != teacher:
+                raise InputError(
+                    Path(src.teacher_embeddings),
+                    None,
+                    f"teacher {name!r} differs from another source's {teacher!r}",
+                )
+            teacher = name
+            t_query += queries
+        return cls(records, teacher_query=t_query, teacher_documents=t_docs, teacher=teacher)
+
+    def teacher_vectors(
+        self, indices: Sequence[int], doc_texts: Sequence[str]
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The teacher's ``[B, Dt]`` query and ``[B * G, Dt]`` document vectors of a batch of one task.
+
+        ``(None, None)`` unless every query and every document has one (a random negative drawn from a
+        source without teacher vectors, for instance).
+        """
+        if self.teacher is None or not indices:
+            return None, None
+        task = self.records[indices[0]].task.name
+        queries = [self.teacher_query[i] for i in indices]
+        docs = [self.teacher_documents.get((task, text)) for text in doc_texts]
+        if any(v is None for v in queries) or any(v is None for v in docs):
+            return None, None
+        return np.stack(queries), np.stack(docs)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -368,6 +429,7 @@ class TrainingSet:
             d_extra.extend([prompter.example_tokens(d_prefix)] * len(docs))
         spec = self.records[indices[0]].task
         use_in_batch = uses_in_batch(spec, in_batch)
+        t_q, t_d = self.teacher_vectors(indices, raw_docs)
         return TrainBatch(
             queries,
             documents,
@@ -381,7 +443,36 @@ class TrainingSet:
             document_extra=d_extra,
             zero_shot_queries=zero_shot,
             examples_dropped=dropped,
+            teacher_q_emb=t_q,
+            teacher_d_emb=t_d,
         )
+
+
+def _load_teacher_vectors(
+    src: DataSource, records: Sequence[TrainRecord], documents: dict[tuple[str, str], np.ndarray]
+) -> tuple[str, list[np.ndarray | None]]:
+    """Read ``src.teacher_embeddings``: adds its document vectors to ``documents`` (keyed by task name and
+    text) and returns the teacher's name and the query vector of each record (row ``i`` = record ``i``)."""
+    from anna_embed.teachers import TeacherEmbeddings
+
+    path = Path(src.teacher_embeddings or "")
+    te = TeacherEmbeddings.load(path)
+    if te.score_kind != "cosine":
+        raise InputError(
+            path, None, f"teacher {te.teacher!r} gives {te.score_kind} scores, not a bi-encoder's"
+        )
+    if len(te.query_texts) < len(records):
+        raise InputError(
+            path, None, f"{len(te.query_texts)} queries for {len(records)} records of {src.path}"
+        )
+    for row, rec in enumerate(records):
+        if te.query_texts[row] != rec.query:
+            raise InputError(
+                path, None, f"query row {row} does not match {rec.where}: mined from another file?"
+            )
+    for text, task, vec in zip(te.document_texts, te.document_tasks, te.document_emb, strict=True):
+        documents[(task or src.task or "", text)] = vec
+    return te.teacher, list(te.query_emb[: len(records)])
 
 
 def uses_in_batch(task: TaskSpec, mode: str) -> bool:

@@ -101,8 +101,59 @@ def _default_dtype(dtype: str) -> torch.dtype:
     raise ValueError(f"dtype must be float32, bfloat16 or auto, got {dtype!r}")
 
 
+#: sentence-transformers modules :class:`Embedder` reproduces (backbone, mean/cls/last pooling, L2 norm).
+ST_REPRODUCED_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
+_ST_REPRODUCED_POOLING = frozenset(
+    {"pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_lasttoken"}
+)
+
+
+class SentenceTransformersOnlyError(ValueError):
+    """A sentence-transformers folder whose modules :class:`Embedder` cannot reproduce (e.g. ``Dense``)."""
+
+
+def sentence_transformers_only(folder: Path) -> list[str]:
+    """What of a sentence-transformers folder :class:`Embedder` would silently drop; ``[]`` when nothing.
+
+    A folder counts when its ``modules.json`` lists a module other than Transformer / Pooling / Normalize
+    (EmbeddingGemma's two ``Dense`` projections) or its pooling uses a mode other than mean / cls / last.
+    Such a folder is run by sentence-transformers itself (:class:`anna_embed.teachers.
+    SentenceTransformerEncoder`, what ``bi:NAME`` teachers load), never rebuilt as a plain backbone.
+    """
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return []
+    extra = []
+    for module in json.loads(modules.read_text()):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in ST_REPRODUCED_MODULES:
+            extra.append(kind)
+        elif kind == "Pooling" and (folder / module.get("path", "") / "config.json").is_file():
+            modes = json.loads((folder / module["path"] / "config.json").read_text())
+            extra += [
+                f"Pooling({k})"
+                for k, on in modes.items()
+                if k.startswith("pooling_mode_") and on and k not in _ST_REPRODUCED_POOLING
+            ]
+    return extra
+
+
 def _detect_config(folder: Path) -> EmbedderConfig:
-    """Config of a folder without ``anna_embed.json``: a sentence-transformers folder or a plain HF one."""
+    """Config of a folder without ``anna_embed.json``: a sentence-transformers folder or a plain HF one.
+
+    Raises:
+        SentenceTransformersOnlyError: The folder's modules go beyond what :class:`Embedder` reproduces
+            (see :func:`sentence_transformers_only`); loading it as a bare backbone would give wrong vectors.
+    """
+    unsupported = sentence_transformers_only(folder)
+    if unsupported:
+        raise SentenceTransformersOnlyError(
+            f"{folder} is a sentence-transformers model with modules the Embedder cannot reproduce "
+            f"({', '.join(unsupported)}), so it cannot be loaded as an Embedder (to train, encode or "
+            "evaluate). Use it as a teacher, spec 'bi:NAME' (mining; anna_embed.teachers.load_retriever / "
+            "load_reranker): teachers run such folders through sentence-transformers with their own "
+            "query/document prompts."
+        )
     modules = folder / "modules.json"
     hf_config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     is_decoder = hf_config.get("model_type") in DECODER_TYPES or any(

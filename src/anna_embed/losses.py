@@ -15,11 +15,18 @@ Under data parallelism ``d_emb`` is the documents of *all* processes (gathered, 
 :func:`gather_with_grad`) and ``query_offset`` is the global index of this process's first query, so the
 targets become ``(query_offset + arange(B)) * G``.
 
-The soft-label term is the KL divergence from the teacher's distribution over a query's own group to the
-student's, ``KL(softmax(teacher / tau_t) || softmax(student / tau_s))``. Teacher scores are used as the
-mining step wrote them (raw reranker logits or cosine similarities); the only normalisation is the division
-by ``tau_t``, so ``tau_t`` must match the teacher's scale (about 1 for logit-scale rerankers, 0.02-0.05 for
-cosine teachers).
+The soft-label term is the KL divergence from the teacher's distribution over a query's candidates to the
+student's, ``KL(softmax(teacher / tau_t) || softmax(student / tau_s))``, row by row (:func:`distill_kl`).
+Its scope (``loss.distill_scope``):
+
+* ``group``: the candidates are the query's own group, ``[B, G]``, with the teacher scores the mining step
+  wrote (raw reranker logits or cosine similarities).
+* ``batch`` (in-batch batches with a bi-encoder teacher): every candidate the student scores, ``[B, M * G]``;
+  the teacher's score matrix is ``t_q @ t_d.T`` of the teacher's own query and document vectors (saved by
+  mining beside the data), with the same exclusions as InfoNCE. Group-only batches keep the group scope.
+
+The only normalisation of teacher scores is the division by ``tau_t``, so ``tau_t`` must match the
+teacher's scale (about 1 for logit-scale rerankers, 0.02-0.05 for cosine teachers).
 """
 
 from __future__ import annotations
@@ -99,26 +106,35 @@ def distill_kl(
 ) -> Tensor:
     """``KL(softmax(teacher / tau_t) || softmax(student / tau_s))`` per row, averaged over kept rows.
 
+    The candidates of a row are its ``N`` columns: a query's own group (``N = G``, ``distill_scope =
+    "group"``) or every document of the batch (``N = M * G``, ``"batch"``, see :func:`embedding_loss`).
+
     Args:
-        student_scores: ``[B, G]`` student scores over each query's group.
-        teacher_scores: ``[B, G]`` teacher scores, same order (positive first).
+        student_scores: ``[B, N]`` student scores.
+        teacher_scores: ``[B, N]`` teacher scores, same columns.
         student_temperature: ``tau_s``.
         teacher_temperature: ``tau_t``.
         mask: ``[B]`` bool, True for rows that have teacher scores; None keeps every row.
-        exclude: ``[B, G]`` bool, True for candidates left out of both distributions (a copy of one of
+        exclude: ``[B, N]`` bool, True for candidates left out of both distributions (a copy of one of
             the query's own positives, see :func:`embedding_loss`); never the positive's column.
 
     Returns:
         A scalar; 0 (with grad) when no row is kept.
+
+    Example:
+        One query, three candidates, the third excluded, both temperatures 1, student ``[0, 0, 5]``,
+        teacher ``[log 3, 0, 9]``: the teacher's distribution over the two kept candidates is
+        ``(3/4, 1/4)``, the student's ``(1/2, 1/2)``, so the loss is
+        ``3/4 log(3/2) + 1/4 log(1/2) ~ 0.1308``; the excluded column adds nothing.
     """
-    s = student_scores / student_temperature  # [B, G]
-    t = teacher_scores.to(s.dtype) / teacher_temperature  # [B, G]
+    s = student_scores / student_temperature  # [B, N]
+    t = teacher_scores.to(s.dtype) / teacher_temperature  # [B, N]
     if exclude is not None:  # excluded candidates leave both distributions
         s = s.masked_fill(exclude, float("-inf"))
         t = t.masked_fill(exclude, float("-inf"))
-    log_p_s = F.log_softmax(s, dim=-1)  # [B, G]
-    log_p_t = F.log_softmax(t, dim=-1)  # [B, G]
-    terms = log_p_t.exp() * (log_p_t - log_p_s)  # [B, G]; NaN (0 * (-inf + inf)) where excluded
+    log_p_s = F.log_softmax(s, dim=-1)  # [B, N]
+    log_p_t = F.log_softmax(t, dim=-1)  # [B, N]
+    terms = log_p_t.exp() * (log_p_t - log_p_s)  # [B, N]; NaN (0 * (-inf + inf)) where excluded
     if exclude is not None:
         terms = terms.masked_fill(exclude, 0.0)
     per_row = terms.sum(dim=-1)  # [B]
@@ -141,6 +157,7 @@ def embedding_loss(
     kl_weight: float = 0.0,
     query_offset: int = 0,
     own_positive: Tensor | None = None,
+    teacher_batch_scores: Tensor | None = None,
 ) -> LossOutput:
     """InfoNCE (+ optional soft-label KL) for one batch in the geometry of the module docstring.
 
@@ -152,7 +169,7 @@ def embedding_loss(
         in_batch: True: score against all documents ``[B, M * G]``; False: only the own group ``[B, G]``.
         student_temperature: ``tau_s``.
         teacher_scores: ``[B, G]`` teacher scores of each query's group, or None.
-        teacher_mask: ``[B]`` rows whose teacher scores are valid.
+        teacher_mask: ``[B]`` rows whose ``teacher_scores`` are valid.
         teacher_temperature: ``tau_t``.
         kl_weight: ``lambda``; the KL term is skipped when 0 or without teacher scores.
         query_offset: Global index of ``q_emb[0]``'s group inside ``d_emb``.
@@ -160,6 +177,10 @@ def embedding_loss(
             positives (:func:`anna_embed.data.own_positive_mask`). Those candidates, other than the
             target, are left out of InfoNCE and KL: mining draws negatives from other records'
             positives, so a query can meet a copy of its own positive among its candidates.
+        teacher_batch_scores: ``[B, M * G]`` teacher scores of every query against every document
+            (``distill_scope = "batch"``: ``t_q @ t_d.T`` of the teacher's vectors). With ``in_batch`` the
+            KL term then covers every candidate InfoNCE scores, with the same exclusions, instead of the
+            group; ignored without ``in_batch`` (group-only batches keep the group KL).
 
     Returns:
         :class:`LossOutput`.
@@ -182,7 +203,15 @@ def embedding_loss(
         targets = torch.zeros(b, dtype=torch.long, device=q_emb.device)  # [B]
         exclude = own_ex
     ce = info_nce(scores, targets, temperature=student_temperature, exclude=exclude)
-    if teacher_scores is not None and kl_weight > 0:
+    if in_batch and teacher_batch_scores is not None and kl_weight > 0:
+        kl = distill_kl(
+            scores,  # [B, M * G]
+            teacher_batch_scores,  # [B, M * G]
+            student_temperature=student_temperature,
+            teacher_temperature=teacher_temperature,
+            exclude=exclude,
+        )
+    elif teacher_scores is not None and kl_weight > 0:
         kl = distill_kl(
             own,
             teacher_scores,

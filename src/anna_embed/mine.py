@@ -21,7 +21,11 @@ who want the old, stricter rule; it is never chosen by ``auto``.
 
 The output is FlagEmbedding's teacher-score format, one JSON object per query:
 ``{query, pos, neg, pos_scores, neg_scores, task, type, instruction}`` (raw teacher scores by default),
-with a manifest, a summary and a score histogram beside it (:mod:`anna_embed.mine_report`).
+with a manifest, a summary and a score histogram beside it (:mod:`anna_embed.mine_report`). With
+``teacher_embeddings`` and a bi-encoder reranker, the teacher's vectors of every query and every written
+``pos`` / ``neg`` text go beside it too (``NAME.teacher.npz``,
+:class:`anna_embed.teachers.TeacherEmbeddings`), for the batch-scope soft labels of training
+(``loss.distill_scope = "batch"``).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class MineConfig:
         reranker_max_length: Reranker truncation length (None: ``max_length``).
         seed: Seed of random sampling; query ``i`` uses ``(seed, i)``.
         output_scores: Write ``raw`` teacher scores or the ``normalised`` ones.
+        teacher_embeddings: Also write the reranker's vectors of every query and ``pos`` / ``neg`` text
+            to ``NAME.teacher.npz`` beside the output; needs a bi-encoder reranker (``bi:NAME``).
     """
 
     retriever: str = "all-minilm-l6-v2"
@@ -115,6 +121,7 @@ class MineConfig:
     reranker_max_length: int | None = None
     seed: int = 0
     output_scores: Literal["raw", "normalised"] = "raw"
+    teacher_embeddings: bool = False
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -368,6 +375,11 @@ def run(
     reranker = reranker or teachers.load_reranker(
         cfg.reranker, batch_size=cfg.batch_size, max_length=cfg.reranker_max_length or cfg.max_length
     )
+    if cfg.teacher_embeddings and not isinstance(reranker, teachers.BiEncoder):
+        raise ValueError(
+            f"teacher_embeddings needs a bi-encoder reranker (bi:NAME), not {reranker.name!r}: only a "
+            "bi-encoder's scores are dot products of vectors that can be saved"
+        )
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -425,6 +437,13 @@ def run(
     with atomic_write(out) as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    teacher_file = None
+    if cfg.teacher_embeddings:
+        t = time.perf_counter()
+        teacher_file = teachers.embed_mined_records(reranker, records).save(
+            teachers.teacher_embeddings_path(out)
+        )
+        timings["teacher_embeddings_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     counts = mining_counts(
@@ -445,6 +464,9 @@ def run(
         "counts": counts,
         "anna_embed_version": __version__,
         "output_sha256": file_sha256(out),
+        "teacher_embeddings": None
+        if teacher_file is None
+        else {"path": str(teacher_file), "sha256": file_sha256(teacher_file)},
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     manifest["summary"] = summary_lines(manifest, n_corpus, len(docs) - n_corpus)
@@ -517,6 +539,11 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--config", help="TOML/JSON file with MineConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
     parser.add_argument("--bm25", action="store_true", help="fuse BM25 candidates (reciprocal-rank fusion)")
+    parser.add_argument(
+        "--teacher-embeddings",
+        action="store_true",
+        help="also write the bi-encoder reranker's vectors of every text to OUT-stem.teacher.npz",
+    )
     parser.add_argument("--cache-dir", help="shard cache (default OUT.cache); reruns resume from it")
     parser.add_argument("--report-dir", help="where manifest, summary and histogram go (default: beside OUT)")
     for name, tp in _FLAGS.items():
@@ -529,6 +556,8 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
         overrides += [f"{n}={getattr(args, n)}" for n in _FLAGS if getattr(args, n) is not None]
         if args.bm25:
             overrides.append("bm25=true")
+        if args.teacher_embeddings:
+            overrides.append("teacher_embeddings=true")
         cfg = load(MineConfig, args.config, overrides)
         manifest = run(
             cfg,

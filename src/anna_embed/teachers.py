@@ -16,13 +16,24 @@ Two small interfaces, several implementations:
 
 Teachers are named by a spec string ``KIND:NAME`` (:func:`load_retriever`, :func:`load_reranker`) where
 ``KIND`` is ``bi``, ``cross`` or ``judge`` and ``NAME`` an offline short name, a local folder or a hub id.
+A ``bi`` teacher runs through our :class:`~anna_embed.embedder.Embedder`, except a sentence-transformers
+folder with modules the Embedder cannot reproduce (EmbeddingGemma's Dense layers), which
+:class:`SentenceTransformerEncoder` runs through sentence-transformers with the folder's own
+``query`` / ``document`` prompts.
+
+A bi-encoder teacher's vectors of every text of a mined file can be saved beside it
+(:class:`TeacherEmbeddings`, ``NAME.teacher.npz``), so training can score the whole batch with the teacher.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -107,7 +118,8 @@ class BiEncoder:
     Args:
         encoder: Anything with ``encode_queries(texts, task=, instruction=, batch_size=)`` and
             ``encode_documents(texts, task=, batch_size=)`` returning arrays: our ``Embedder``, which
-            loads LLMs (instructions applied) and sentence-transformers folders (no instructions).
+            loads LLMs (instructions applied) and sentence-transformers folders (no instructions), or a
+            :class:`SentenceTransformerEncoder` for folders the Embedder cannot reproduce.
         name: Stable identifier (part of the corpus-embedding cache key).
         batch_size: Texts per forward pass, passed to the encoder where it accepts it.
     """
@@ -122,10 +134,20 @@ class BiEncoder:
 
     @classmethod
     def load(cls, name: str, *, batch_size: int = 32, max_length: int | None = None) -> BiEncoder:
-        """Load from an offline short name, a local folder or a hub id."""
-        from anna_embed.embedder import Embedder
+        """Load from an offline short name, a local folder or a hub id.
 
-        encoder = Embedder.from_pretrained(name, max_length=max_length)
+        A sentence-transformers folder with modules the Embedder cannot reproduce
+        (:func:`anna_embed.embedder.sentence_transformers_only`) runs through sentence-transformers
+        (:class:`SentenceTransformerEncoder`); everything else through :class:`~anna_embed.embedder.Embedder`.
+        """
+        from anna_embed.embedder import Embedder, sentence_transformers_only
+
+        folder = _resolve(name)
+        encoder: Any
+        if sentence_transformers_only(folder):
+            encoder = SentenceTransformerEncoder.load(folder, max_length=max_length)
+        else:
+            encoder = Embedder.from_pretrained(name, max_length=max_length)
         suffix = "" if max_length is None else f"@{max_length}"
         return cls(encoder, name=f"bi:{name}{suffix}", batch_size=batch_size)
 
@@ -141,9 +163,15 @@ class BiEncoder:
         vecs = self.encoder.encode_documents(list(texts), task=_known_task(task), batch_size=self.batch_size)
         return _l2_normalise(vecs)
 
-    def _cached(
-        self, texts: Sequence[str], role: str, task: str | None, instruction: str | None
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        role: Literal["query", "document"],
+        task: str | None = None,
+        instruction: str | None = None,
     ) -> np.ndarray:
+        """``[N, D]`` L2-normalised embeddings through the in-memory cache (what :meth:`score` uses)."""
         keys = [(role, task, instruction, _text_key(t)) for t in texts]
         missing: dict[tuple[str, str | None, str | None, bytes], str] = {}
         for key, text in zip(keys, texts, strict=True):
@@ -171,9 +199,70 @@ class BiEncoder:
         _check_pairs(queries, documents)
         if not queries:
             return np.zeros(0, np.float32)
-        q_emb = self._cached(queries, "query", task, instruction)  # [N, D]
-        d_emb = self._cached(documents, "document", task, None)  # [N, D]
+        q_emb = self.embed(queries, role="query", task=task, instruction=instruction)  # [N, D]
+        d_emb = self.embed(documents, role="document", task=task)  # [N, D]
         return np.einsum("nd,nd->n", q_emb, d_emb).astype(np.float32)
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model run by sentence-transformers itself (the encoder of a ``bi`` teacher).
+
+    For folders whose modules :class:`~anna_embed.embedder.Embedder` cannot reproduce, such as
+    EmbeddingGemma (bidirectional Gemma 3, mean pooling, two Dense layers, Normalize). Queries get the
+    folder's ``query`` prompt and documents its ``document`` prompt (EmbeddingGemma:
+    ``"task: search result | query: "`` and ``"title: none | text: "``); a folder without one of them
+    encodes that side with its default prompt. Task instructions are not applied: the model was trained
+    with its own prompts.
+
+    Args:
+        model: A ``SentenceTransformer``.
+    """
+
+    QUERY_PROMPT = "query"
+    DOCUMENT_PROMPT = "document"
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike[str], *, max_length: int | None = None
+    ) -> SentenceTransformerEncoder:
+        """``SentenceTransformer(folder)``; ``max_length`` overrides its ``max_seq_length``."""
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(folder))
+        if max_length is not None:
+            model.max_seq_length = max_length
+        return cls(model)
+
+    def _encode(self, texts: Sequence[str], prompt: str, batch_size: int) -> np.ndarray:
+        name = prompt if prompt in (self.model.prompts or {}) else None
+        vecs = self.model.encode(
+            list(texts),
+            prompt_name=name,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)  # [N, D]
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        task: str | None = None,
+        instruction: str | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """``[N, D]`` query vectors (the folder's ``query`` prompt; ``task``/``instruction`` ignored)."""
+        return self._encode(texts, self.QUERY_PROMPT, batch_size)
+
+    def encode_documents(
+        self, texts: Sequence[str], *, task: str | None = None, batch_size: int = 32
+    ) -> np.ndarray:
+        """``[N, D]`` document vectors (the folder's ``document`` prompt; ``task`` ignored)."""
+        return self._encode(texts, self.DOCUMENT_PROMPT, batch_size)
 
 
 class CrossEncoderReranker:
@@ -398,3 +487,137 @@ def load_reranker(spec: str, *, batch_size: int = 32, max_length: int | None = N
     if kind == "judge":
         return LLMJudgeReranker.load(name, batch_size=max(1, batch_size // 4), max_length=max_length)
     return BiEncoder.load(name, batch_size=batch_size, max_length=max_length)
+
+
+# ----------------------------------------------------------------------------- teacher embeddings file
+
+TEACHER_EMBEDDINGS_SUFFIX = ".teacher.npz"
+
+
+def teacher_embeddings_path(mined: str | os.PathLike[str]) -> Path:
+    """``NAME.teacher.npz`` beside a mined ``NAME.jsonl``.
+
+    Example:
+        >>> teacher_embeddings_path("data/mined.jsonl").as_posix()
+        'data/mined.teacher.npz'
+    """
+    path = Path(mined)
+    return path.with_name(path.name.removesuffix(".jsonl") + TEACHER_EMBEDDINGS_SUFFIX)
+
+
+def _texts_to_bytes(texts: Sequence[str]) -> np.ndarray:
+    """Texts as one UTF-8 JSON byte array (numpy's fixed-width strings would cost 4 bytes per char)."""
+    return np.frombuffer(json.dumps(list(texts), ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+
+
+def _texts_from_bytes(data: np.ndarray) -> tuple[str, ...]:
+    return tuple(json.loads(data.tobytes().decode("utf-8")))
+
+
+@dataclass(frozen=True)
+class TeacherEmbeddings:
+    """A bi-encoder teacher's vectors of every text of a mined file, saved beside it (``NAME.teacher.npz``).
+
+    Written by ``anna-embed mine --teacher-embeddings`` with the vectors that produced the file's soft
+    labels, so ``query_emb[i] @ document_emb[j]`` is the teacher score of (record ``i``'s query,
+    document ``j``), also for pairs the file never scored: training uses it to score the whole batch.
+
+    Attributes:
+        teacher: The reranker teacher's name (``bi:...``).
+        score_kind: Its ``score_kind`` (``cosine``).
+        query_texts: ``[Q]`` the query of mined record ``i`` (line ``i + 1``).
+        query_emb: ``[Q, D]`` float32, L2-normalised, with the query prompt (the record's task and
+            instruction, as in rescoring).
+        document_texts: ``[N]`` every text that appears as a ``pos`` or ``neg``.
+        document_tasks: ``[N]`` the task each was embedded for (an instruction model's document prompt
+            depends on it for symmetric tasks); None when the record named none.
+        document_emb: ``[N, D]`` float32, L2-normalised, with the document prompt.
+    """
+
+    teacher: str
+    score_kind: str
+    query_texts: tuple[str, ...]
+    query_emb: np.ndarray
+    document_texts: tuple[str, ...]
+    document_tasks: tuple[str | None, ...]
+    document_emb: np.ndarray
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the ``.npz`` atomically."""
+        from anna_embed.io import atomic_write
+
+        path = Path(path)
+        with atomic_write(path, "wb") as fh:
+            np.savez(
+                fh,
+                teacher=np.array(self.teacher),
+                score_kind=np.array(self.score_kind),
+                query_texts=_texts_to_bytes(self.query_texts),
+                query_emb=np.asarray(self.query_emb, np.float32),
+                document_texts=_texts_to_bytes(self.document_texts),
+                document_tasks=_texts_to_bytes([t or "" for t in self.document_tasks]),
+                document_emb=np.asarray(self.document_emb, np.float32),
+            )
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TeacherEmbeddings:
+        """Read a file written by :meth:`save` (no pickle)."""
+        with np.load(Path(path), allow_pickle=False) as z:
+            out = cls(
+                teacher=str(z["teacher"]),
+                score_kind=str(z["score_kind"]),
+                query_texts=_texts_from_bytes(z["query_texts"]),
+                query_emb=z["query_emb"],
+                document_texts=_texts_from_bytes(z["document_texts"]),
+                document_tasks=tuple(t or None for t in _texts_from_bytes(z["document_tasks"])),
+                document_emb=z["document_emb"],
+            )
+        if out.query_emb.shape[0] != len(out.query_texts) or out.document_emb.shape[0] != len(
+            out.document_texts
+        ):
+            raise ValueError(f"{path}: embedding rows do not match the texts")
+        return out
+
+
+def embed_mined_records(teacher: BiEncoder, records: Sequence[dict[str, Any]]) -> TeacherEmbeddings:
+    """The teacher's vectors of every query and every ``pos`` / ``neg`` text of mined ``records``.
+
+    Queries are embedded with their record's task and instruction, documents with their record's task,
+    through the teacher's cache, so the vectors are those its scores came from.
+    """
+    q_rows: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, rec in enumerate(records):
+        q_rows.setdefault((rec.get("task"), rec.get("instruction")), []).append(i)
+    query_emb: np.ndarray | None = None
+    for (task, instruction), rows in q_rows.items():
+        vecs = teacher.embed(
+            [records[i]["query"] for i in rows], role="query", task=task, instruction=instruction
+        )
+        if query_emb is None:
+            query_emb = np.zeros((len(records), vecs.shape[1]), np.float32)
+        query_emb[rows] = vecs
+    docs: dict[tuple[str | None, str], None] = {}
+    for rec in records:
+        for text in [*rec["pos"], *rec["neg"]]:
+            docs.setdefault((rec.get("task"), text), None)
+    keys = list(docs)
+    by_task: dict[str | None, list[int]] = {}
+    for j, (task, _) in enumerate(keys):
+        by_task.setdefault(task, []).append(j)
+    document_emb: np.ndarray | None = None
+    for task, rows in by_task.items():
+        vecs = teacher.embed([keys[j][1] for j in rows], role="document", task=task)
+        if document_emb is None:
+            document_emb = np.zeros((len(keys), vecs.shape[1]), np.float32)
+        document_emb[rows] = vecs
+    empty = np.zeros((0, 0), np.float32)
+    return TeacherEmbeddings(
+        teacher=teacher.name,
+        score_kind=teacher.score_kind,
+        query_texts=tuple(r["query"] for r in records),
+        query_emb=empty if query_emb is None else query_emb,
+        document_texts=tuple(text for _, text in keys),
+        document_tasks=tuple(task for task, _ in keys),
+        document_emb=empty if document_emb is None else document_emb,
+    )

@@ -10,6 +10,10 @@ embedding_loss` scores them. Checkpoints (trainable weights, optimizer, schedule
 config, data manifest) are written atomically every ``run.save_every`` steps; ``--resume`` continues from
 the newest one to the same final weights as an uninterrupted run. A non-finite loss stops the run before
 the update, keeping the last good checkpoint.
+
+Two settings stay functions of the step, so resume stays exact: ``data.hard_negatives_after`` (a
+curriculum: in-batch negatives only, no KL, for the first N steps) and ``optim.max_tokens`` (equal compute:
+``total_steps`` is fixed up front by tokenizing the batch plan, see :meth:`Trainer._plan_steps`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from anna_embed import config as C
-from anna_embed.data import DataSource, TrainingSet, plan_batches
+from anna_embed.data import DataSource, TrainBatch, TrainingSet, plan_batches
 from anna_embed.io import atomic_write, file_sha256, write_json
 from anna_embed.train_config import LoraSection, TrainConfig
 
@@ -41,6 +45,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
+#: Steps whose token counts one reduction across processes sums (``optim.max_tokens``'s planning pass).
+_COUNT_BLOCK = 256
+
+#: The curriculum's phases (``data.hard_negatives_after``).
+Phase = Literal["in_batch_only", "full"]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -95,6 +104,20 @@ def data_manifest(sources: Sequence[DataSource], ts: TrainingSet) -> dict[str, A
     return {"files": files, "records_per_task": counts, "records": len(ts)}
 
 
+def batch_tokens(emb: Embedder, batch: TrainBatch) -> int:
+    """Non-pad tokens one process encodes for ``batch``: its queries (few-shot block included) and documents.
+
+    Counted from :meth:`Embedder.tokenize`'s ``attention_mask``, the ids the training step feeds the model
+    (padding and GradCache chunking do not change it); the training loop and ``optim.max_tokens``'s
+    planning pass both count with this function.
+    """
+    truncated = emb.truncated_count  # counting is not encoding: leave the embedder's statistics alone
+    q = emb.tokenize(batch.queries, extra=batch.query_extra or None)["attention_mask"].sum()
+    d = emb.tokenize(batch.documents, extra=batch.document_extra or None)["attention_mask"].sum()
+    emb.truncated_count = truncated
+    return int(q) + int(d)
+
+
 def training_dataset_names(sources: Sequence[DataSource], ts: TrainingSet) -> list[str]:
     """Task names and file stems trained on, for the model metadata (evaluation flags overlap)."""
     return sorted({r.task.name for r in ts.records} | {Path(s.path).stem for s in sources})
@@ -127,8 +150,11 @@ class Trainer:
         self.steps_per_epoch = len(self._batches(0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"no task has {self.global_batch} records: lower optim.batch_size")
-        self.total_steps = cfg.optim.max_steps or cfg.optim.epochs * self.steps_per_epoch
+        if cfg.data.hard_negatives_after < 0:
+            raise ValueError(f"data.hard_negatives_after must be >= 0, got {cfg.data.hard_negatives_after}")
         self.emb, self.peft_model = self._build_model()
+        # with optim.max_tokens: the cumulative tokens of every planned step (tokenizing only, no forward)
+        self.total_steps, self.planned_tokens = self._plan_steps()
         params = [p for p in self.emb.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -140,6 +166,9 @@ class Trainer:
         # the scheduler stays unprepared: accelerate would step it once per process
         self.module, self.optimizer = self.acc.prepare(_embed_module_class()(self.emb), self.optimizer)
         self.step = 0
+        self.tokens = 0  # non-pad tokens encoded so far, all processes (see batch_tokens)
+        self.seconds_before = 0.0  # training wall time of earlier sessions (a resumed run)
+        self._fit_started: float | None = None
         self.last_checkpoint: Path | None = None
         self.prompt_stats: dict[str, int] = {}  # since this (re)start, see prompt_counts
         if resume:
@@ -157,14 +186,100 @@ class Trainer:
             self._plan = cached = (epoch, plan)
         return cached[1]
 
-    def _group_size(self, indices: Sequence[int]) -> int:
-        """``G`` of a batch: ``data.in_batch_group_size`` where it uses in-batch negatives, else
-        ``data.group_size``."""
+    def _phase(self, step: int) -> Phase:
+        """The curriculum's phase of 0-based ``step``: ``in_batch_only`` before ``data.hard_negatives_after``
+        (as the ablation's ``inbatch_only`` variant trains), ``full`` from then on."""
+        return "in_batch_only" if step < self.cfg.data.hard_negatives_after else "full"
+
+    def _kl_weight(self) -> float:
+        """``loss.kl_weight`` at the current step: 0 in the curriculum's ``in_batch_only`` phase."""
+        return 0.0 if self._phase(self.step) == "in_batch_only" else self.cfg.loss.kl_weight
+
+    def _group_size(self, indices: Sequence[int], *, step: int | None = None) -> int:
+        """``G`` of a batch at ``step`` (default: the current one).
+
+        Batches that use in-batch negatives take 1 in the ``in_batch_only`` phase, else
+        ``data.in_batch_group_size`` (when set); group-only batches (classification, clustering) always take
+        ``data.group_size``, their label negatives.
+        """
         from anna_embed.data import uses_in_batch
 
         d = self.cfg.data
-        in_batch = uses_in_batch(self.data.records[indices[0]].task, d.in_batch)
-        return d.in_batch_group_size if in_batch and d.in_batch_group_size is not None else d.group_size
+        if not uses_in_batch(self.data.records[indices[0]].task, d.in_batch):
+            return d.group_size
+        if self._phase(self.step if step is None else step) == "in_batch_only":
+            return 1
+        return d.in_batch_group_size if d.in_batch_group_size is not None else d.group_size
+
+    def _collate_step(self, step: int) -> TrainBatch:
+        """This process's share of batch ``step`` as prompt strings (a pure function of seed and step)."""
+        cfg = self.cfg
+        epoch, i = divmod(step, self.steps_per_epoch)
+        bs = cfg.optim.batch_size
+        local = self._batches(epoch)[i][self.rank * bs : (self.rank + 1) * bs]
+        return self.data.collate(
+            local,
+            seed=cfg.run.seed,
+            epoch=epoch,
+            group_size=self._group_size(local, step=step),
+            max_shots=cfg.data.max_shots,
+            prompter=self.emb,
+            in_batch=cfg.data.in_batch,
+            instructions=self.emb.config.use_instructions,
+        )
+
+    def _sum_over_processes(self, values: list[int]) -> list[int]:
+        """Element-wise sum of ``values`` over all processes (every process must call it)."""
+        if self.world == 1:
+            return values
+        import torch
+
+        t = torch.tensor(values, dtype=torch.long, device=self.acc.device)
+        return self.acc.reduce(t, reduction="sum").tolist()
+
+    def _plan_steps(self) -> tuple[int, list[int]]:
+        """``total_steps``, and with ``optim.max_tokens`` the cumulative tokens after each step up to it.
+
+        The step limit is ``optim.max_steps`` (else ``optim.epochs`` passes over the data). With
+        ``max_tokens`` the run ends at the first step whose cumulative count (:func:`batch_tokens` of every
+        process's share) reaches it: every planned batch is collated and tokenized as the step will do it,
+        without a forward, so the count is exact and the same on every restart.
+        """
+        o = self.cfg.optim
+        limit = o.max_steps or o.epochs * self.steps_per_epoch
+        if o.max_tokens is None:
+            return limit, []
+        if o.max_tokens <= 0:
+            raise ValueError(f"optim.max_tokens must be positive, got {o.max_tokens}")
+        t0, total, cumulative = time.perf_counter(), 0, []
+        for start in range(0, limit, _COUNT_BLOCK):  # one reduction per block of steps
+            steps = range(start, min(limit, start + _COUNT_BLOCK))
+            for n in self._sum_over_processes([batch_tokens(self.emb, self._collate_step(s)) for s in steps]):
+                total += n
+                cumulative.append(total)
+                if total >= o.max_tokens:
+                    logger.info(
+                        "optim.max_tokens=%d: %d steps (%d tokens; counted in %.1f s)",
+                        o.max_tokens,
+                        len(cumulative),
+                        total,
+                        time.perf_counter() - t0,
+                    )
+                    return len(cumulative), cumulative
+        cap = f"optim.max_steps={o.max_steps}" if o.max_steps else f"the data ({o.epochs} epoch(s))"
+        logger.warning(
+            "optim.max_tokens=%d not reached: %s ends after %d steps and %d tokens (raise optim.epochs)",
+            o.max_tokens,
+            cap,
+            limit,
+            total,
+        )
+        return limit, cumulative
+
+    def _train_seconds(self) -> float:
+        """Wall seconds spent in :meth:`fit` so far, earlier sessions of a resumed run included."""
+        started = self._fit_started
+        return self.seconds_before + (time.perf_counter() - started if started is not None else 0.0)
 
     def _build_model(self) -> tuple[Embedder, Any]:
         from anna_embed.embedder import Embedder
@@ -180,7 +295,15 @@ class Trainer:
         return prepare_for_training(emb, lora, gradient_checkpointing=m.gradient_checkpointing)
 
     # -- one step
-    def _loss(self, q_emb: torch.Tensor, d_emb: torch.Tensor, batch: Any, teacher: Any, mask: Any) -> Any:
+    def _loss(
+        self,
+        q_emb: torch.Tensor,
+        d_emb: torch.Tensor,
+        batch: Any,
+        teacher: Any,
+        mask: Any,
+        teacher_batch: torch.Tensor | None = None,
+    ) -> Any:
         from anna_embed.losses import embedding_loss, gather_with_grad
 
         lc, b = self.cfg.loss, len(batch.queries)
@@ -195,8 +318,9 @@ class Trainer:
             teacher_scores=teacher,
             teacher_mask=mask,
             teacher_temperature=lc.teacher_temperature,
-            kl_weight=lc.kl_weight,
+            kl_weight=self._kl_weight(),
             query_offset=offset,
+            teacher_batch_scores=teacher_batch,
         )
 
     def _own_positive(self, batch: Any, offset: int) -> torch.Tensor:
@@ -222,6 +346,23 @@ class Trainer:
         rows = [t if t is not None else [0.0] * g for t in batch.teacher_scores]
         teacher = torch.tensor(rows, dtype=torch.float32, device=self.acc.device)  # [B, G]
         mask = torch.tensor([t is not None for t in batch.teacher_scores], device=self.acc.device)  # [B]
+        teacher_batch = None  # [B, M * G]: loss.distill_scope = "batch" on a batch with in-batch negatives
+        if self.cfg.loss.distill_scope == "batch" and batch.in_batch:
+            if self.data.teacher is None:
+                raise ValueError(
+                    'loss.distill_scope = "batch" needs teacher vectors: mine with --teacher-embeddings '
+                    "(a bi:NAME reranker) and set teacher_embeddings on the data source"
+                )
+            have = batch.teacher_q_emb is not None  # else this batch keeps the group KL
+            if self.world > 1:  # every process takes the same branch (the gather below is collective)
+                flag = torch.tensor([float(have)], device=self.acc.device)
+                have = bool(self.acc.reduce(flag, reduction="sum").item() == self.world)
+            if have:
+                dev = self.acc.device
+                t_q = torch.as_tensor(batch.teacher_q_emb, dtype=torch.float32, device=dev)  # [B, Dt]
+                t_d = torch.as_tensor(batch.teacher_d_emb, dtype=torch.float32, device=dev)  # [B * G, Dt]
+                t_d = self.acc.gather(t_d)  # [M * G, Dt], rank order like the student's (plain, no grad)
+                teacher_batch = t_q @ t_d.T  # [B, M * G]
         chunk = self.cfg.loss.grad_cache_chunk
         if chunk > 0:
 
@@ -236,14 +377,14 @@ class Trainer:
                 encode,
                 split(batch.queries, batch.query_extra),
                 split(batch.documents, batch.document_extra),
-                lambda q, d: self._loss(q, d, batch, teacher, mask),
+                lambda q, d: self._loss(q, d, batch, teacher, mask, teacher_batch),
                 no_sync=lambda: self.acc.no_sync(self.module),
                 backward=self.acc.backward,
             )
         # queries and documents in separate forwards, so short queries are not padded to document length
         q_emb = self.module(**self.emb.tokenize(batch.queries, extra=batch.query_extra or None))  # [B, D]
         d_emb = self.module(**self.emb.tokenize(batch.documents, extra=batch.document_extra or None))
-        out: LossOutput = self._loss(q_emb, d_emb, batch, teacher, mask)
+        out: LossOutput = self._loss(q_emb, d_emb, batch, teacher, mask, teacher_batch)
         if torch.isfinite(out.loss):
             self.acc.backward(out.loss)
         return out
@@ -270,21 +411,13 @@ class Trainer:
             unit="step",
         )
         t_last, ex_last = time.perf_counter(), 0
+        self._fit_started = t_last
         while self.step < self.total_steps:
             epoch, i = divmod(self.step, self.steps_per_epoch)
-            global_idx = self._batches(epoch)[i]
-            local = global_idx[self.rank * cfg.optim.batch_size : (self.rank + 1) * cfg.optim.batch_size]
-            batch = self.data.collate(
-                local,
-                seed=cfg.run.seed,
-                epoch=epoch,
-                group_size=self._group_size(local),
-                max_shots=cfg.data.max_shots,
-                prompter=self.emb,
-                in_batch=cfg.data.in_batch,
-                instructions=self.emb.config.use_instructions,
-            )
+            phase = self._phase(self.step)
+            batch = self._collate_step(self.step)
             self._count_prompts(batch)
+            step_tokens = self._sum_over_processes([batch_tokens(self.emb, batch)])[0]
             out = self._train_step(batch)
             loss = self.acc.reduce(out.loss.detach().reshape(1), reduction="mean").item()
             if not math.isfinite(loss):
@@ -302,6 +435,14 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.tokens += step_tokens
+            if self.planned_tokens and self.tokens != self.planned_tokens[self.step - 1]:
+                logger.warning(
+                    "step %d encoded %d tokens in all, the plan counted %d: batches are not reproducible",
+                    self.step,
+                    self.tokens,
+                    self.planned_tokens[self.step - 1],
+                )
             ex_last += self.global_batch
             if self.acc.is_main_process and (self.step % cfg.run.log_every == 0 or self.step == 1):
                 now = time.perf_counter()
@@ -314,6 +455,8 @@ class Trainer:
                     "lr": lr,
                     "examples_per_s": ex_last / max(now - t_last, 1e-9),
                     "task": batch.task,
+                    "tokens": self.tokens,
+                    "phase": phase,
                 }
                 t_last, ex_last = now, 0
                 self._log(row, writer)
@@ -376,7 +519,12 @@ class Trainer:
             max_pairs=self.cfg.run.eval_max_pairs,
         )
         self.module.train()
-        row = {"step": self.step, "eval_task": self.cfg.run.eval_task, "eval_spearman": score}
+        row = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "eval_task": self.cfg.run.eval_task,
+            "eval_spearman": score,
+        }
         logger.info("step %d: quick eval %s Spearman %.4f", self.step, self.cfg.run.eval_task, score)
         self._log(row, writer)
 
@@ -415,6 +563,8 @@ class Trainer:
                     "batch_in_epoch": i,
                     "total_steps": self.total_steps,
                     "world_size": self.world,
+                    "tokens": self.tokens,
+                    "train_seconds": self._train_seconds(),
                 },
             )
             C.save(self.cfg, tmp / "config.json")
@@ -465,7 +615,8 @@ class Trainer:
         np.random.set_state(rng["numpy"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.step = state["step"]
+        self.step, self.tokens = state["step"], state.get("tokens", 0)
+        self.seconds_before = state.get("train_seconds", 0.0)
         self.last_checkpoint = ckpt
         metrics = self.run_dir / "metrics.jsonl"
         if self.acc.is_main_process and metrics.is_file():  # drop rows logged after the checkpoint
@@ -499,6 +650,8 @@ class Trainer:
                 "data_manifest": self.manifest,
                 "training_datasets": names,
                 "steps": self.step,
+                "tokens": self.tokens,
+                "train_seconds": round(self._train_seconds(), 1),
             },
         )
         self._plot()

@@ -73,6 +73,10 @@ class DataSection:
             trains those tasks on (query, positive) and the other queries' positives only, while
             group-only types (classification, clustering) keep ``group_size`` (the ablation's
             ``inbatch_only``: the same per-type rule as the full recipe, no hard negatives).
+        hard_negatives_after: A curriculum: steps ``0 .. N-1`` train as ``inbatch_only`` does (batches
+            that use in-batch negatives get ``G = 1``, group-only types keep ``group_size``, no KL term),
+            later steps the full recipe. 0: off. The phase is a function of the step alone, so resume is
+            exact.
     """
 
     sources: tuple[DataSource, ...] = ()
@@ -82,6 +86,7 @@ class DataSection:
     examples_max_length: int = 256
     in_batch: Literal["by_type", "always", "never"] = "by_type"
     in_batch_group_size: int | None = None
+    hard_negatives_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,12 +100,17 @@ class LossSection:
             1.0 for a cross-encoder's logits.
         kl_weight: ``lambda``; 0 disables distillation.
         grad_cache_chunk: Texts per forward in GradCache mode (0: plain, all texts in one forward).
+        distill_scope: The candidates the KL term covers: ``group`` (each query's own group, with the
+            mined scores) or ``batch`` (every document the student scores in batches with in-batch
+            negatives, teacher scores from the bi-encoder teacher's vectors that mining saved, see
+            ``DataSource.teacher_embeddings``; group-only types keep ``group``).
     """
 
     student_temperature: float = 0.02
     teacher_temperature: float = 0.05
     kl_weight: float = 1.0
     grad_cache_chunk: int = 0
+    distill_scope: Literal["group", "batch"] = "group"
 
 
 @dataclass(frozen=True)
@@ -114,7 +124,10 @@ class OptimSection:
         warmup_steps: Linear warm-up steps.
         scheduler: Decay after warm-up.
         epochs: Passes over the data (ignored when ``max_steps`` is set).
-        max_steps: Total optimisation steps.
+        max_steps: Total optimisation steps (with ``max_tokens``: an upper bound).
+        max_tokens: Equal compute by encoded tokens: train until the non-pad tokens of every query (few-shot
+            block included) and document, over all processes, reach this many; the step count is fixed
+            up front by collating and tokenizing the batch plan (no forward). None: off.
         grad_clip: Max global gradient norm (0: off).
         mixed_precision: Autocast for the forward (``bf16`` on GPUs that support it).
     """
@@ -126,6 +139,7 @@ class OptimSection:
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     epochs: int = 1
     max_steps: int | None = None
+    max_tokens: int | None = None
     grad_clip: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
