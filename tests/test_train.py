@@ -394,7 +394,7 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
 
     from anna_embed.evaluate_model import EmbedderBackend, EvalEncoder
     from anna_embed.tokenization import CLIP_MARK
-    from anna_embed.train import prompt_counts
+    from anna_embed.train_report import prompt_counts
 
     emb, seen, seen_ids = _capturing_embedder(tiny["model"])
     ts = TrainingSet(load_records(DataSource(str(tiny["data"]))))

@@ -33,9 +33,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from anna_embed import config as C
-from anna_embed.data import DataSource, TrainBatch, TrainingSet, plan_batches
-from anna_embed.io import atomic_write, file_sha256, write_json
+from anna_embed.data import TrainBatch, TrainingSet, plan_batches
+from anna_embed.io import atomic_write, write_json
 from anna_embed.train_config import LoraSection, TrainConfig
+from anna_embed.train_report import (
+    batch_tokens,
+    data_manifest,
+    plot_metrics,
+    prompt_counts,
+    quick_sts_eval,
+    tensorboard_writer,
+    training_dataset_names,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -85,42 +94,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     folder = run_dir / "checkpoints"
     found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")) if folder.is_dir() else []
     return found[-1] if found else None
-
-
-def data_manifest(sources: Sequence[DataSource], ts: TrainingSet) -> dict[str, Any]:
-    """What the run trained on: files (with hashes), record counts per task."""
-    counts: dict[str, int] = {}
-    for rec in ts.records:
-        counts[rec.task.name] = counts.get(rec.task.name, 0) + 1
-    files = [
-        {
-            "path": os.path.abspath(s.path),
-            "task": s.task,
-            "max_records": s.max_records,
-            "sha256": file_sha256(s.path),
-        }
-        for s in sources
-    ]
-    return {"files": files, "records_per_task": counts, "records": len(ts)}
-
-
-def batch_tokens(emb: Embedder, batch: TrainBatch) -> int:
-    """Non-pad tokens one process encodes for ``batch``: its queries (few-shot block included) and documents.
-
-    Counted from :meth:`Embedder.tokenize`'s ``attention_mask``, the ids the training step feeds the model
-    (padding and GradCache chunking do not change it); the training loop and ``optim.max_tokens``'s
-    planning pass both count with this function.
-    """
-    truncated = emb.truncated_count  # counting is not encoding: leave the embedder's statistics alone
-    q = emb.tokenize(batch.queries, extra=batch.query_extra or None)["attention_mask"].sum()
-    d = emb.tokenize(batch.documents, extra=batch.document_extra or None)["attention_mask"].sum()
-    emb.truncated_count = truncated
-    return int(q) + int(d)
-
-
-def training_dataset_names(sources: Sequence[DataSource], ts: TrainingSet) -> list[str]:
-    """Task names and file stems trained on, for the model metadata (evaluation flags overlap)."""
-    return sorted({r.task.name for r in ts.records} | {Path(s.path).stem for s in sources})
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -402,7 +375,7 @@ class Trainer:
             if self.step == 0:  # a fresh start: rows of an earlier run that left no checkpoint are stale
                 (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.module.train()
-        writer = _tensorboard(self.run_dir) if self.acc.is_main_process else None
+        writer = tensorboard_writer(self.run_dir) if self.acc.is_main_process else None
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -678,40 +651,6 @@ def _embed_module_class() -> type:
     return EmbedModule
 
 
-def prompt_counts(emb: Embedder, batch: Any) -> dict[str, int]:
-    """How a batch's few-shot examples fared against the token budgets.
-
-    ``queries_cut_by_examples`` counts queries whose own tokens (instruction + text) differ from those of
-    the same query encoded without examples: 0 by construction (examples sit on top of ``max_length``).
-    ``queries_truncated_alone`` counts queries whose instruction + text alone exceed ``max_length`` (the
-    ordinary truncation every text is subject to). ``examples_dropped`` counts whole examples dropped to
-    fit ``examples_max_length``.
-    """
-    from anna_embed.tokenization import encode_ids
-
-    kw = {
-        "max_length": emb.config.max_length,
-        "append_eos": emb.config.kind == "decoder",
-        "specials": emb.specials,
-    }
-    alone = batch.zero_shot_queries or batch.queries
-    extra = batch.query_extra or [0] * len(batch.queries)
-    with_ex, _ = encode_ids(emb.tokenizer, batch.queries, extra=extra, **kw)
-    own, truncated = encode_ids(emb.tokenizer, alone, **kw)
-    skip = 1 if emb.specials.adds_bos else 0  # BOS precedes the example block
-    cut = sum(
-        len(w) != len(a) + n or w[len(w) - len(a) + skip :] != a[skip:]
-        for w, a, n in zip(with_ex, own, extra, strict=True)
-    )
-    return {
-        "queries": len(batch.queries),
-        "queries_with_examples": sum(n > 0 for n in extra),
-        "queries_cut_by_examples": cut,
-        "queries_truncated_alone": truncated,
-        "examples_dropped": batch.examples_dropped,
-    }
-
-
 def prepare_for_training(
     emb: Embedder, lora: LoraSection, *, gradient_checkpointing: bool = False
 ) -> tuple[Embedder, Any]:
@@ -742,80 +681,6 @@ def prepare_for_training(
     n_all = sum(p.numel() for p in model.parameters())
     logger.info("LoRA r=%d on %s: %d trainable of %d parameters", lora.r, lora.target_modules, n_train, n_all)
     return emb, peft_model
-
-
-def quick_sts_eval(emb: Embedder, path: str, *, task: str, max_pairs: int) -> float:
-    """Spearman of cosine vs gold score on an STS JSONL (a quick dev signal, not mteb's evaluation)."""
-    import numpy as np
-    from scipy.stats import spearmanr
-
-    from anna_embed.io import iter_jsonl
-
-    rows = []
-    for _, r in iter_jsonl(path, required=("sentence1", "sentence2", "score"), skip_blank=True):
-        rows.append(r)
-        if len(rows) >= max_pairs:
-            break
-    was_training = emb.model.training
-    emb.model.eval()
-    try:
-        a = emb.encode_queries([r["sentence1"] for r in rows], task=task, batch_size=16)
-        b = emb.encode_documents([r["sentence2"] for r in rows], task=task, batch_size=16)
-    finally:
-        emb.model.train(was_training)
-    cos = (a * b).sum(1)
-    return float(spearmanr(cos, np.asarray([float(r["score"]) for r in rows])).statistic)
-
-
-def plot_metrics(metrics: Path, png: Path) -> None:
-    """Loss (total, contrastive, KL) and quick-eval curves from ``metrics.jsonl`` into a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    train_rows = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eval_spearman" in r]
-    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(10 if evals else 6, 4), squeeze=False)
-    ax = axes[0][0]
-    for task in sorted({r.get("task", "") for r in train_rows}):  # tasks differ in scale: one line each
-        mine = [r for r in train_rows if r.get("task", "") == task]
-        line = ax.plot(
-            [r["step"] for r in mine], [r["loss"] for r in mine], marker="o", ms=3, label=f"{task} loss"
-        )[0]
-        if any(r["kl"] > 0 for r in mine):
-            ax.plot(
-                [r["step"] for r in mine],
-                [r["kl"] for r in mine],
-                ls="--",
-                marker="x",
-                ms=3,
-                color=line.get_color(),
-                label=f"{task} KL part",
-            )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.set_title("training loss")
-    if evals:
-        ax2 = axes[0][1]
-        ax2.plot([r["step"] for r in evals], [r["eval_spearman"] for r in evals], marker="o")
-        ax2.set_xlabel("step")
-        ax2.set_ylabel("Spearman")
-        ax2.set_title(f"quick eval: {evals[-1]['eval_task']}")
-    fig.tight_layout()
-    with atomic_write(png, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
 def train(
