@@ -500,42 +500,56 @@ train(replace(cfg, data=replace(cfg.data, sources=(DataSource(sys.argv[2]),))))
 """
 
 
-def test_two_processes_match_one_process_on_concatenated_batch(tiny, tmp_path: Path) -> None:
-    """torchrun with 2 CPU (gloo) processes x batch 2 == 1 process x batch 4: same losses and weights."""
-    results = {}
+def _one_vs_two_processes(
+    tiny: dict[str, Path], tmp_path: Path, script: str, extra: tuple[str, ...], *args: str
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, dict[str, torch.Tensor]]]:
+    """Run ``script`` under torchrun as 1 process x batch 4 and 2 processes x batch 2 (CPU, gloo).
+
+    Returns each run's metrics rows and final trainable weights, keyed by the number of processes.
+    """
+    (tmp_path / "run.py").write_text(script)
+    rows, weights = {}, {}
     for procs, bs in ((1, 4), (2, 2)):
-        cfg = _cfg(
-            tiny,
-            tmp_path / f"p{procs}",
+        overrides = (
             "optim.max_steps=2",
             f"optim.batch_size={bs}",
             "lora.dropout=0.0",
             "data.in_batch=always",
         )
+        cfg = _cfg(tiny, tmp_path / f"p{procs}", *overrides, *extra)
         cfg_file = tmp_path / f"p{procs}.json"
         cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
-        script = tmp_path / "run.py"
-        script.write_text(_TWO_PROC)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+        port = 29500 + 10 * procs + os.getpid() % 1000
+        launch = ["torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={port}"]
         cmd = [
             sys.executable,
             "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(procs),
-            "--master_port",
-            str(29500 + procs + os.getpid() % 1000),
-            str(script),
+            *launch,
+            str(tmp_path / "run.py"),
             str(cfg_file),
             str(tiny["data"]),
+            *args,
         ]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = (tmp_path / f"p{procs}" / "metrics.jsonl").read_text().splitlines()
-        results[procs] = ([json.loads(r)["loss"] for r in rows], _final_trainable(tmp_path / f"p{procs}"))
-    assert results[1][0] == pytest.approx(results[2][0], rel=1e-5)
-    for k, v in results[1][1].items():
-        assert torch.allclose(v, results[2][1][k], atol=1e-5), k
+        metrics = (tmp_path / f"p{procs}" / "metrics.jsonl").read_text().splitlines()
+        rows[procs] = [json.loads(r) for r in metrics]
+        weights[procs] = _final_trainable(tmp_path / f"p{procs}")
+    return rows, weights
+
+
+def _assert_same_run(
+    rows: dict[int, list[dict[str, Any]]], weights: dict[int, dict[str, torch.Tensor]]
+) -> None:
+    assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[2]], rel=1e-5)
+    for k, v in weights[1].items():
+        assert torch.allclose(v, weights[2][k], atol=1e-5), k
+
+
+def test_two_processes_match_one_process_on_concatenated_batch(tiny, tmp_path: Path) -> None:
+    """torchrun with 2 CPU (gloo) processes x batch 2 == 1 process x batch 4: same losses and weights."""
+    _assert_same_run(*_one_vs_two_processes(tiny, tmp_path, _TWO_PROC, ()))
 
 
 def test_train_config_loads_without_torch():
@@ -791,36 +805,8 @@ train(replace(cfg, data=replace(cfg.data, sources=(src,))))
 def test_batch_distill_scope_two_processes_match_one(tiny: dict[str, Path], tmp_path: Path) -> None:
     """torchrun 2 x batch 2 == 1 x batch 4 with the teacher's document vectors gathered across processes."""
     teacher = _teacher_npz(tiny, tmp_path / "train.teacher.npz")
-    script = tmp_path / "run.py"
-    script.write_text(_TWO_PROC_TEACHER)
-    results = {}
-    for procs, bs in ((1, 4), (2, 2)):
-        cfg = _cfg(
-            tiny,
-            tmp_path / f"p{procs}",
-            "optim.max_steps=2",
-            f"optim.batch_size={bs}",
-            "lora.dropout=0.0",
-            "data.in_batch=always",
-            "loss.distill_scope=batch",
-        )
-        cfg_file = tmp_path / f"p{procs}.json"
-        cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-        port = 29800 + procs + os.getpid() % 1000
-        launch = ["torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={port}"]
-        cmd = [sys.executable, "-m", *launch]
-        proc = subprocess.run(
-            [*cmd, str(script), str(cfg_file), str(tiny["data"]), str(teacher)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        rows = [json.loads(r) for r in (tmp_path / f"p{procs}" / "metrics.jsonl").read_text().splitlines()]
-        assert all(r["kl"] > 0 for r in rows), rows  # Banking77 has no mined scores: only the batch KL
-        results[procs] = ([r["loss"] for r in rows], _final_trainable(tmp_path / f"p{procs}"))
-    assert results[1][0] == pytest.approx(results[2][0], rel=1e-5)
-    for k, v in results[1][1].items():
-        assert torch.allclose(v, results[2][1][k], atol=1e-5), k
+    extra = ("loss.distill_scope=batch",)
+    rows, weights = _one_vs_two_processes(tiny, tmp_path, _TWO_PROC_TEACHER, extra, str(teacher))
+    for procs_rows in rows.values():  # Banking77 has no mined scores: only the batch KL
+        assert all(r["kl"] > 0 for r in procs_rows), procs_rows
+    _assert_same_run(rows, weights)
