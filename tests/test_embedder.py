@@ -235,3 +235,14 @@ def test_save_loads_in_sentence_transformers_and_back(make_embedder, tmp_path):
     assert np.allclose(again.encode_queries(TEXTS, task="SciFact"), ours_q, atol=1e-5)
     # the live tokenizer was not changed by the export
     assert emb.tokenizer("x")["input_ids"][-1] != emb.specials.eos
+
+
+def test_prefix_memory_is_bounded_and_keeps_the_newest(make_embedder, monkeypatch):
+    from anna_embed import embedder as E
+
+    monkeypatch.setattr(E, "PREFIX_MEMORY", 2)
+    emb = make_embedder("llama", max_length=32, shot_max_tokens=6)
+    prefixes = [emb.query_prefix("STSBenchmark", examples=[(f"x{i}", "answer")]) for i in range(3)]
+    assert emb.example_tokens(prefixes[0]) == 0  # forgotten: counts as all instruction
+    assert emb.example_tokens(prefixes[1]) > 0 and emb.example_tokens(prefixes[2]) > 0
+    assert len(emb._example_tokens) == 2

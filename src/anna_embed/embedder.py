@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,10 @@ from anna_embed.tokenization import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: How many built prompt prefixes :meth:`Embedder.example_tokens` remembers (a prefix is used right after
+#: it is built; training builds one per symmetric query, so an unbounded memory would grow with the run).
+PREFIX_MEMORY = 4096
 
 Pooling = Literal["last", "mean", "cls"]
 CONFIG_FILE = "anna_embed.json"
@@ -194,8 +199,9 @@ class Embedder:
         #: Few-shot examples per task name, used when mteb calls :meth:`encode` (set by the evaluator).
         self.task_examples: dict[str, list[P.Example]] = {}
         self.truncated_count = 0
-        #: Tokens of the few-shot block of every prefix this embedder built (see :meth:`example_tokens`).
-        self._example_tokens: dict[str, int] = {}
+        #: Tokens of the few-shot block of the prefixes this embedder built most recently (see
+        #: :meth:`example_tokens`); bounded, since training builds a new symmetric prefix per query.
+        self._example_tokens: OrderedDict[str, int] = OrderedDict()
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -325,7 +331,7 @@ class Embedder:
         if not self.config.use_instructions:
             return ""
         fitted = self.fit_examples(task, instruction=instruction, examples=examples)
-        self._example_tokens[fitted.prefix] = fitted.example_tokens
+        self._remember(fitted.prefix, fitted.example_tokens)
         return fitted.prefix
 
     def document_prefix(
@@ -348,8 +354,15 @@ class Embedder:
         prefix = P.document_prefix(spec, instruction=instruction, examples=kept, templates=t)
         if kept:
             base = P.document_prefix(spec, instruction=instruction, templates=t)
-            self._example_tokens[prefix] = added_tokens(self.tokenizer, prefix, base)
+            self._remember(prefix, added_tokens(self.tokenizer, prefix, base))
         return prefix
+
+    def _remember(self, prefix: str, example_tokens: int) -> None:
+        """Record a built prefix's example tokens, keeping the newest :data:`PREFIX_MEMORY` prefixes."""
+        self._example_tokens[prefix] = example_tokens
+        self._example_tokens.move_to_end(prefix)
+        while len(self._example_tokens) > PREFIX_MEMORY:
+            self._example_tokens.popitem(last=False)
 
     def example_tokens(self, prefix: str) -> int:
         """Tokens of ``prefix``'s few-shot block: known for every prefix this embedder built, else 0.
