@@ -11,6 +11,9 @@ Variants (each a set of config overrides on one pipeline config):
 * ``label_layout``: the full recipe with BGE-EN-ICL's classification records (positive = the label's
   text, negatives = other labels' texts) instead of another text of the same label (not run by
   default: ``--only full,label_layout``);
+* ``full_batch``: the full recipe with soft labels over every candidate of the batch
+  (``train.loss.distill_scope = "batch"``: a bi-encoder reranker's vectors, saved by mining, give the
+  teacher's score of every (query, document) pair the student scores; not run by default);
 * ``curriculum``: the full recipe after ``inbatch_only`` for its first third of ``train.optim.max_steps``
   (``train.data.hard_negatives_after``; not run by default). With ``train.optim.max_tokens`` the run may end
   before ``max_steps``: keep ``max_steps`` near the expected step count, or the switch comes late.
@@ -61,13 +64,16 @@ VARIANTS: dict[str, list[str] | Callable[[Any], list[str]]] = {
         "eval.shots=0",
     ],
     "label_layout": ["classification_layout=label"],
+    "full_batch": ["train.loss.distill_scope=batch"],
     "curriculum": _curriculum,
 }
 #: The variants run without ``--only``: the recipe and one removal per pillar.
 PILLARS = ("full", "no_shots", "no_soft_labels", "no_margin_filter", "inbatch_only")
 
 
-def variant_config(config: str | Path, name: str, sets: Sequence[str], output: Path) -> Any:
+def variant_config(
+    config: str | Path, name: str, sets: Sequence[str], output: Path, cache: Path | None = None
+) -> Any:
     """The pipeline config of one variant: ``config`` + ``sets`` + the variant's overrides."""
     from anna_embed import config as C
     from anna_embed.pipeline import PipelineConfig
@@ -78,7 +84,7 @@ def variant_config(config: str | Path, name: str, sets: Sequence[str], output: P
     if callable(overrides):
         overrides = overrides(C.load(PipelineConfig, config, list(sets)))
     cfg = C.load(PipelineConfig, config, [*sets, *overrides])
-    return replace(cfg, output_dir=str(output / name), cache_dir=str(output / "cache"))
+    return replace(cfg, output_dir=str(output / name), cache_dir=str(cache or output / "cache"))
 
 
 def result_folders(output: Path, names: Sequence[str]) -> dict[str, Path]:
@@ -90,8 +96,10 @@ def result_folders(output: Path, names: Sequence[str]) -> dict[str, Path]:
         shots = json.loads((root / "base" / "run.json").read_text()).get("shots", 0)
         rows.setdefault(f"base, untrained ({shots}-shot prompts)", root / "base")
     for name in names:
-        if (output / name / "eval" / "teacher").is_dir():
-            rows.setdefault("teacher (all-MiniLM-L6-v2)", output / name / "eval" / "teacher")
+        folder = output / name / "eval" / "teacher"
+        if folder.is_dir():
+            teacher = json.loads((folder / "run.json").read_text()).get("model", "?")
+            rows.setdefault(f"teacher ({teacher})", folder)
             break
     return rows
 
@@ -141,6 +149,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override applied to every variant")
     parser.add_argument("--only", help="comma-separated subset of the variants, run in this order")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument(
+        "--cache", type=Path, help="cache folder shared with other outputs (default OUTPUT/cache)"
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild the tables from finished runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -150,7 +161,7 @@ def main() -> None:
     from anna_embed.pipeline import run
 
     names = args.only.split(",") if args.only else list(PILLARS)
-    configs = {name: variant_config(args.config, name, args.set, args.output) for name in names}
+    configs = {name: variant_config(args.config, name, args.set, args.output, args.cache) for name in names}
     wall: dict[str, float] = {}
     if not args.report_only:
         for name, cfg in configs.items():

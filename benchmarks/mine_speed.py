@@ -151,7 +151,19 @@ def _tiny_minilm_cross_encoder(folder: Path) -> str:
     return str(folder)
 
 
-def bench_teachers(n_queries: int, max_length: int, scratch: Path) -> list[dict]:
+#: Rerankers timed by default: label -> spec (``cross:RANDOM`` is replaced by a random-head MiniLM).
+RERANKERS = {
+    "bi:all-minilm-l6-v2": "bi:all-minilm-l6-v2",
+    "bi:all-mpnet-base-v2": "bi:all-mpnet-base-v2",
+    "bi:embeddinggemma-300m": "bi:embeddinggemma-300m",
+    "cross: MiniLM-L6 shape, random head (speed only)": "cross:RANDOM",
+    "judge:smollm2-135m-instruct": "judge:smollm2-135m-instruct",
+}
+
+
+def bench_teachers(
+    n_queries: int, max_length: int, scratch: Path, only: list[str] | None = None
+) -> list[dict]:
     """Seconds per 1,000 texts (retriever) or pairs (rerankers), and each reranker's MRR on the pairs."""
     from anna_embed import teachers
 
@@ -171,13 +183,10 @@ def bench_teachers(n_queries: int, max_length: int, scratch: Path) -> list[dict]
     retriever.encode_queries(queries[:2], task="SciFact")  # warm-up
     timed("retriever bi:all-minilm-l6-v2", "queries", lambda: retriever.encode_queries(queries), len(queries))
     timed("retriever bi:all-minilm-l6-v2", "documents", lambda: retriever.encode_documents(docs), len(docs))
-    specs = {
-        "bi:all-minilm-l6-v2": "bi:all-minilm-l6-v2",
-        "bi:all-mpnet-base-v2": "bi:all-mpnet-base-v2",
-        "cross: MiniLM-L6 shape, random head (speed only)": f"cross:{_tiny_minilm_cross_encoder(scratch)}",
-        "judge:smollm2-135m-instruct": "judge:smollm2-135m-instruct",
-    }
+    specs = {k: v for k, v in RERANKERS.items() if only is None or v in only or k in only}
     for label, spec in specs.items():
+        if spec == "cross:RANDOM":
+            spec = f"cross:{_tiny_minilm_cross_encoder(scratch)}"
         reranker = teachers.load_reranker(spec, max_length=max_length)
         reranker.score(pair_q[:2], pair_d[:2], task="SciFact")  # warm-up
         if isinstance(reranker, teachers.BiEncoder):
@@ -203,6 +212,9 @@ def main() -> None:
         "--teacher-queries", type=int, default=16, help="SciFact claims (x 8 pairs) per teacher"
     )
     parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument(
+        "--rerankers", nargs="+", help=f"reranker specs to time (default: {', '.join(RERANKERS.values())})"
+    )
     parser.add_argument("--skip-teachers", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument(
@@ -230,7 +242,7 @@ def main() -> None:
         result["search_real"] = bench_real(args.real, k=args.k, n_queries=args.queries)
     if not args.skip_teachers:
         scratch = args.out.parent / "mine_speed_scratch"
-        result["teachers"] = bench_teachers(args.teacher_queries, args.max_length, scratch)
+        result["teachers"] = bench_teachers(args.teacher_queries, args.max_length, scratch, args.rerankers)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     logger.info("wrote %s", args.out)

@@ -116,7 +116,9 @@ def test_result_folders_keep_one_base_per_prompt_setting(ablation, tmp_path):
         base = tmp_path / name / "eval" / "base"
         base.mkdir(parents=True)
         (base / "run.json").write_text(json.dumps({"shots": shots}))
-        (tmp_path / name / "eval" / "teacher").mkdir()
+        teacher = tmp_path / name / "eval" / "teacher"
+        teacher.mkdir()
+        (teacher / "run.json").write_text(json.dumps({"model": "embeddinggemma-300m"}))
     rows = ablation.result_folders(tmp_path, ["full", "no_soft_labels", "no_shots"])
     assert list(rows) == [
         "full",
@@ -124,7 +126,7 @@ def test_result_folders_keep_one_base_per_prompt_setting(ablation, tmp_path):
         "no_soft_labels",
         "no_shots",
         "base, untrained (0-shot prompts)",
-        "teacher (all-MiniLM-L6-v2)",
+        "teacher (embeddinggemma-300m)",
     ]
     assert rows["base, untrained (0-shot prompts)"] == tmp_path / "no_shots" / "eval" / "base"
 

@@ -168,6 +168,35 @@ def test_loaded_structures_match_what_mteb_expects():
     assert summ.metadata.name == "SummEval" and len(summ.dataset["test"]) == 4
 
 
+def test_split_scores_the_validation_file_not_the_test_file(tmp_path, backend):
+    from anna_embed.evaluate import run_eval
+
+    pc_dev = [json.loads(x) for x in (FIXTURES / "TwitterSemEval2015" / "dev.jsonl").read_text().splitlines()]
+    for split in ("dev", "validation"):  # no validation.jsonl: validation reads dev.jsonl
+        pc = load_task("TwitterSemEval2015", FIXTURES, split=split).task.dataset["test"]
+        assert pc["sentence1"] == [r["sentence1"] for r in pc_dev]
+    folder = tmp_path / "STSBenchmark"
+    shutil.copytree(FIXTURES / "STSBenchmark", folder)
+    rows = [json.loads(x) for x in (folder / "test.jsonl").read_text().splitlines()]
+    validation = [{**r, "sentence1": r["sentence1"] + " (validation)"} for r in rows[:5]]
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in validation))
+    sts = load_task("STSBenchmark", tmp_path, split="validation").task.dataset["test"]
+    assert sts["sentence1"] == [r["sentence1"] for r in validation]
+    run = run_eval(
+        "tiny",
+        ["STSBenchmark"],
+        data_dir=tmp_path,
+        output=tmp_path / "run",
+        backend=backend,
+        split="validation",
+    )
+    assert run["split"] == "validation" and run["scores"]["STSBenchmark"] is not None
+    with pytest.raises(TaskFolderError, match="only STS and PairClassification"):
+        load_task("Banking77Classification", FIXTURES, split="validation")
+    with pytest.raises(TaskFolderError, match=r"dev\.jsonl"):
+        load_task("STSBenchmark", FIXTURES, split="dev")
+
+
 def test_registry_names_map_to_folders_and_subsets(tmp_path):
     folder = tmp_path / "STS17"
     folder.mkdir()

@@ -67,8 +67,12 @@ def run_eval(
     instructions: bool | None = None,
     task_type_override: str | None = None,
     show_progress: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` with mteb's evaluators; write results into ``output``.
+
+    ``split`` other than ``test`` scores each STS / PairClassification folder's ``{split}.jsonl`` instead
+    (choosing settings on validation data); it is recorded in ``run.json``.
 
     ``backend`` is ``"embedder"``, ``"sentence-transformers"`` or an already-built
     :class:`~anna_embed.evaluate_model.TextBackend` (then ``model`` is only the name recorded).
@@ -92,7 +96,7 @@ def run_eval(
     t_load = time.monotonic()
     local = {}
     for name in tasks:  # read every folder first: a bad file fails before any encoding
-        lt = load_task(name, data_dir, limit=limit, type_=task_type_override)
+        lt = load_task(name, data_dir, limit=limit, type_=task_type_override, split=split)
         local[lt.name] = lt
     be = (
         backend
@@ -169,6 +173,7 @@ def run_eval(
         "tasks": list(local),
         "types": types,
         "data": {n: str(lt.folder) if lt.folder else "hub" for n, lt in local.items()},
+        "split": split,
         "shots": shots,
         "shot_sources": sources if shots else {},
         "seed": seed,
@@ -206,6 +211,11 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per task (train split)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SHOT_SEED, help="seed of the few-shot draw")
     parser.add_argument("--limit", type=int, help="first N test items only (smoke run, NOT comparable)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split scored in STS/PairClassification folders (validation, dev: tune off the test set)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-dir", help="embedding cache file (default OUTPUT/cache/embeddings.sqlite)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32")
@@ -240,6 +250,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         instructions=instructions,
         task_type_override=args.task_type,
         show_progress=not args.no_progress,
+        split=args.split,
     )
     print((Path(args.output) / "summary.md").read_text())
     return 0 if all(v is not None for v in run["scores"].values()) else 1

@@ -181,6 +181,7 @@ def load_task(
     *,
     limit: int | None = None,
     type_: str | None = None,
+    split: str = "test",
 ) -> LocalTask:
     """Build the mteb task for ``name``, with its data injected from ``data_dir`` when a folder exists.
 
@@ -190,6 +191,10 @@ def load_task(
         data_dir: Root of the task folders (``None``: hub only).
         limit: Keep only the first ``limit`` test items (smoke runs; scores are not comparable).
         type_: Task type of a user's own folder (else ``task.json`` or the files decide).
+        split: The file evaluated: ``test`` (MTEB's split), or ``validation`` / ``dev`` for choosing
+            settings without touching a test set (STS and PairClassification folders only: the file
+            ``{split}.jsonl`` is scored in place of ``test.jsonl``; ``validation`` falls back to
+            ``dev.jsonl`` where a folder has no ``validation.jsonl``).
 
     Raises:
         TaskFolderError: No folder and no mteb task of that name, a missing file or a type mismatch.
@@ -209,7 +214,7 @@ def load_task(
             where = folder if folder is not None else Path(name)
             raise TaskFolderError(where, None, f"no such task folder, and {name!r} is not an mteb task")
         logger.info("No local folder for %s: mteb loads it from the hub.", name)
-        task.filter_eval_splits(["test"])
+        task.filter_eval_splits([split])
         if spec is not None and spec.subset is not None:
             task.hf_subsets = [spec.subset]
         ttype = task.metadata.type
@@ -227,8 +232,12 @@ def load_task(
     if ttype not in TASK_TYPES:
         raise TaskFolderError(folder, None, f"task type {ttype} is not supported")
     _check_type(folder, ttype)
-    inject(task, folder, limit=limit)
+    inject(task, folder, limit=limit, split=split)
     return LocalTask(task, task.metadata.name, ttype, folder, instruction or _generic(ttype), limit)
+
+
+#: Task types whose local folders can be scored on another split than ``test`` (``load_task(split=)``).
+SPLIT_TYPES = ("STS", "PairClassification")
 
 
 def _generic(ttype: str) -> str:
@@ -268,20 +277,28 @@ def _place(task: Any, folder: Path, per_lang: dict[str, Any], make: Any) -> None
         task.dataset = make(per_lang[mapping["default"]])
 
 
-def inject(task: Any, folder: Path, *, limit: int | None = None) -> None:
-    """Read ``folder`` into ``task.dataset`` in the structure its mteb evaluator expects; mark it loaded."""
+def inject(task: Any, folder: Path, *, limit: int | None = None, split: str = "test") -> None:
+    """Read ``folder`` into ``task.dataset`` in the structure its mteb evaluator expects; mark it loaded.
+
+    ``split`` other than ``test`` (STS and PairClassification only) reads ``{split}.jsonl``; mteb still
+    files the scores under its ``test`` key, so callers record the split themselves (``run.json``).
+    """
     from datasets import Dataset, DatasetDict
 
     name, ttype = task.metadata.name, task.metadata.type
+    if split != "test" and ttype not in SPLIT_TYPES:
+        raise TaskFolderError(
+            folder, None, f"{name} is a {ttype} task: only {' and '.join(SPLIT_TYPES)} evaluate another split"
+        )
     task.filter_eval_splits(["test"])
 
     def single_split(cols: dict[str, list]) -> Any:
         return DatasetDict(test=Dataset.from_dict(cols))
 
     if ttype == "STS":
-        _place(task, folder, read_sts(folder, name, limit=limit), single_split)
+        _place(task, folder, read_sts(folder, name, split, limit=limit), single_split)
     elif ttype == "PairClassification":
-        _place(task, folder, {"default": read_pairs(folder, name, limit=limit)}, single_split)
+        _place(task, folder, {"default": read_pairs(folder, name, split, limit=limit)}, single_split)
     elif ttype == "Classification":
         train_split = getattr(task, "train_split", "train")
         test = read_classification(folder, "test", limit)

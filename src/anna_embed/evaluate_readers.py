@@ -47,8 +47,15 @@ def _string(path: Path, lineno: int, rec: dict, field: str) -> str:
     return value
 
 
+#: Other names a held-out split goes by: ``validation`` reads ``dev.jsonl`` where no ``validation.jsonl`` is.
+SPLIT_ALIASES = {"validation": ("dev",)}
+
+
 def _test_files(folder: Path, name: str, split: str) -> list[Path]:
     main = folder / f"{split}.jsonl"
+    for alias in SPLIT_ALIASES.get(split, ()):
+        if not main.is_file() and (folder / f"{alias}.jsonl").is_file():
+            main = folder / f"{alias}.jsonl"
     if not main.is_file():
         raise TaskFolderError(main, None, "file not found")
     extra = [folder / f for f in EXTRA_TEST_FILES.get(name, ()) if split == "test"]

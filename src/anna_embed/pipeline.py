@@ -88,6 +88,8 @@ class EvalSection:
         limit: Subsample each task (smoke runs only; results are marked not comparable).
         dtype: Encoding dtype of the LLMs (``auto``: bf16 where supported).
         max_length: Token budget at evaluation (the student folder keeps its shorter training budget).
+        split: ``test``, or ``validation`` / ``dev`` to choose settings without a test set (STS and
+            PairClassification tasks only; see :func:`anna_embed.evaluate_data.load_task`).
     """
 
     data_dir: str = "demo:eval"
@@ -98,6 +100,7 @@ class EvalSection:
     limit: int | None = None
     dtype: Literal["float32", "bfloat16", "auto"] = "auto"
     max_length: int | None = 512
+    split: str = "test"
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     from anna_embed import mine, train
     from anna_embed.evaluate import run_eval
     from anna_embed.models import resolve
+    from anna_embed.teachers import teacher_embeddings_path
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -309,7 +313,13 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
         if not src["mine"]:
             mined.append({"path": src["path"], "task": src["task"]})
             continue
-        mcfg = replace(cfg.mine, seed=cfg.seed, task=src["task"] or cfg.mine.task)
+        mcfg = replace(
+            cfg.mine,
+            seed=cfg.seed,
+            task=src["task"] or cfg.mine.task,
+            # batch-wide soft labels need the teacher's vectors of every mined text
+            teacher_embeddings=cfg.mine.teacher_embeddings or cfg.train.loss.distill_scope == "batch",
+        )
         stage = Stage(
             root / "mine", f"{i:02d}", _fingerprint(C.to_dict(mcfg), Path(src["path"])), force=force
         )
@@ -323,13 +333,17 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
                 ),
             )
             stage.finish({"summary": manifest.get("summary", [])})
-        mined.append({"path": str(out), "task": src["task"]})
+        vectors = teacher_embeddings_path(out) if mcfg.teacher_embeddings else None
+        mined.append({"path": str(out), "task": src["task"], "teacher": vectors and str(vectors)})
 
     # 4. training
     tcfg = replace(
         cfg.train,
         data=replace(
-            cfg.train.data, sources=tuple(DataSource(path=m["path"], task=m["task"]) for m in mined)
+            cfg.train.data,
+            sources=tuple(
+                DataSource(path=m["path"], task=m["task"], teacher_embeddings=m.get("teacher")) for m in mined
+            ),
         ),
         run=replace(cfg.train.run, output_dir=str(root / "train"), seed=cfg.seed),
     )
@@ -367,6 +381,7 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
                     cache_dir=cache / "eval" / "embeddings.sqlite",
                     max_length=cfg.eval.max_length if lab != "teacher" else None,
                     show_progress=False,
+                    split=cfg.eval.split,
                 ),
             )
             stage.finish({"model": model, "scores": result.get("scores", {}), "run": result})
