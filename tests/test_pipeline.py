@@ -102,6 +102,46 @@ def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
     assert again["rows"] == report["rows"]
 
 
+def test_batch_scope_soft_labels_get_the_mined_teacher_vectors(make_embedder, tmp_path):
+    from anna_embed.teachers import TeacherEmbeddings
+    from anna_embed.train_config import TrainConfig
+
+    base = make_embedder("llama").save(tmp_path / "tiny-base")
+    cfg = C.build(
+        PipelineConfig,
+        C.to_dict(DEMO_CONFIG),
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"train.model.name={base}",
+            "train.model.dtype=float32",
+            "train.model.max_length=64",
+            "train.optim.max_steps=2",
+            "train.optim.batch_size=4",
+            "train.loss.distill_scope=batch",
+            f"mine.retriever=bi:{base}",
+            f"mine.reranker=bi:{base}",
+            "mine.top_k=5",
+            "mine.num_negatives=1",
+            "mine.relative_margin=none",
+            "eval.teacher=",
+            "eval.limit=4",
+            "eval.dtype=float32",
+        ],
+    )
+    cfg = replace(cfg, sources=tuple(replace(s, max_records=12) for s in cfg.sources))
+    run(cfg)  # without the vectors, the first batch-scope step raises
+    root = tmp_path / "run"
+    mined = sorted(root.glob("mine/*/mined.jsonl"))
+    assert mined
+    for path in mined:
+        vectors = TeacherEmbeddings.load(path.with_suffix(".teacher.npz"))
+        assert vectors.score_kind == "cosine" and len(vectors.query_texts) == len(read_jsonl(path))
+    saved = json.loads((root / "train" / "model" / "training.json").read_text())["config"]
+    train_cfg = C.build(TrainConfig, saved)
+    with_vectors = [s for s in train_cfg.data.sources if s.teacher_embeddings]
+    assert len(with_vectors) == len(mined)
+
+
 def test_shipped_pipeline_configs_load_and_demo_matches_the_builtin():
     from pathlib import Path
 
