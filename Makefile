@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	if ! $(PY) -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
 	  else $(PY) -m pip install -q torch==2.13.0; fi; fi
-	$(PY) -m pip install -q -e ".[eval,mine,train,offline,dev]"
+	$(PY) -m pip install -q -e ".[eval,mine,train,serve,offline,dev]"
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 

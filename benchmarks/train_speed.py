@@ -114,10 +114,9 @@ def run_st(a: argparse.Namespace) -> dict[str, float]:
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import TrainerCallback
 
-    from anna_embed.models import resolve
+    from anna_embed.models import lora_target_modules, resolve
     from anna_embed.prompts import build_prompt
     from anna_embed.tasks import get_task
-    from anna_embed.train_config import LoraSection
 
     n = a.steps * a.batch_size
     spec = get_task(a.task)
@@ -132,7 +131,7 @@ def run_st(a: argparse.Namespace) -> dict[str, float]:
         lora_alpha=2 * a.lora_r,
         lora_dropout=0.0,
         bias="none",
-        target_modules=list(LoraSection().target_modules),
+        target_modules=list(lora_target_modules(body.model.config.model_type)),
     )
     get_peft_model(body.model, lora)  # in place, as anna-embed does (ST's add_adapter needs peft>=0.22)
     stamps: list[tuple[float, float]] = []

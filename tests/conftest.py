@@ -1,8 +1,11 @@
-"""Shared fixtures: a tiny byte-level BPE tokenizer and tiny random decoder backbones (no downloads)."""
+"""Shared fixtures: a tiny byte-level BPE tokenizer, tiny random decoder backbones and a tiny random BERT
+sentence-transformers folder (no downloads)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +65,58 @@ def build_backbone(arch: str, vocab_size: int, *, seed: int = 0) -> torch.nn.Mod
     config = classes[arch](**common)
     torch.manual_seed(seed)
     return AutoModel.from_config(config).eval()
+
+
+def build_bert_folder(
+    root: Path,
+    texts: Iterable[str],
+    *,
+    seed: int = 0,
+    max_seq_length: int = 64,
+    pooling: str = "mean",
+    dropout: float = 0.1,
+) -> Path:
+    """A random 2-layer BERT (hidden 32) saved as a sentence-transformers folder (Transformer -> Pooling ->
+    Normalize), as all-MiniLM-L6-v2 is laid out; its WordPiece vocabulary is every lowercased word and
+    punctuation mark of ``texts``; ``dropout`` is BERT's (0.1) unless given. Returns the folder.
+
+    The word embeddings are scaled up tenfold: at BERT's initial scale the position and token-type
+    embeddings, the same for every text, dominate, every pair of texts has a cosine near 0.97, and mining's
+    margin filter (candidates under 95% of the positive's score) would drop every candidate. Scaled, texts
+    that share words stay close and others do not (cosines ~0.8 and ~0.45)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as st_modules
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
+    torch.manual_seed(seed)
+    backbone = root / "backbone"
+    bert = BertModel(config)
+    with torch.no_grad():
+        bert.embeddings.word_embeddings.weight.mul_(10.0)
+    bert.save_pretrained(backbone)
+    BertTokenizer(vocab=vocab).save_pretrained(backbone)
+    model = SentenceTransformer(
+        modules=[
+            st_modules.Transformer(str(backbone), max_seq_length=max_seq_length),
+            st_modules.Pooling(32, pooling),
+            st_modules.Normalize(),
+        ],
+        device="cpu",
+    )
+    model.save(str(root / "model"))
+    return root / "model"
 
 
 @pytest.fixture(scope="session")

@@ -251,6 +251,42 @@ def _run(tmp_path: Path, name: str, cfg: MineConfig = CFG, **kw):
     return out, manifest, retriever, reranker
 
 
+def test_a_users_own_task_keeps_its_type_so_training_can_read_the_records(tmp_path):
+    """Records of a task the registry lacks carry ``type`` and ``instruction`` (as ``convert`` writes them);
+    mining keeps both, so :func:`anna_embed.data.load_records` accepts the output."""
+    from anna_embed.data import DataSource, load_records
+
+    rows = [json.loads(x) for x in (FIX / "train.jsonl").read_text().splitlines()]
+    own = [
+        {
+            "query": r["query"],
+            "positive": r["positive"],
+            "task": "MyDocs",
+            "type": "Retrieval",
+            "instruction": "Find my documents.",
+        }
+        for r in rows
+    ]
+    train = tmp_path / "own.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in own))
+    out = tmp_path / "mined.jsonl"
+    cfg = MineConfig(top_k=5, num_negatives=2)
+    mine.run(
+        cfg,
+        train,
+        out,
+        corpus=FIX / "corpus.jsonl",
+        retriever=fake.FakeRetriever(),
+        reranker=fake.FakeReranker(),
+    )
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert records and all((r["task"], r["type"]) == ("MyDocs", "Retrieval") for r in records)
+    parsed = load_records(DataSource(str(out)))
+    assert {(r.task.name, r.task.type, r.task.instruction) for r in parsed} == {
+        ("MyDocs", "Retrieval", "Find my documents.")
+    }
+
+
 def test_run_writes_flagembedding_records_that_respect_the_filter(tmp_path):
     out, manifest, _, _ = _run(tmp_path, "a")
     records = [json.loads(x) for x in out.read_text().splitlines()]

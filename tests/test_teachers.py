@@ -248,6 +248,17 @@ def test_sentence_transformers_only_names_what_the_embedder_would_drop(tmp_path)
     assert sentence_transformers_only(_modules(tmp_path / "max", new_names, maxpool)) == [
         "Pooling(pooling_mode_max_tokens)"
     ]
+    # sentence-transformers 6 writes one "pooling_mode" string (and may leave the prompt out of the mean)
+    v6 = _modules(tmp_path / "v6", new_names, {"pooling_mode": "cls", "include_prompt": True})
+    assert sentence_transformers_only(v6) == []
+    v6_max = _modules(tmp_path / "v6max", new_names, {"pooling_mode": "max"})
+    assert sentence_transformers_only(v6_max) == ["Pooling(pooling_mode=max)"]
+    v6_prompt = _modules(tmp_path / "v6p", new_names, {"pooling_mode": "mean", "include_prompt": False})
+    assert sentence_transformers_only(v6_prompt) == ["Pooling(include_prompt=false)"]
+    both = {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}  # concatenated: twice the width
+    assert sentence_transformers_only(_modules(tmp_path / "both", new_names, both)) == [
+        "Pooling(pooling_mode_mean_tokens + pooling_mode_cls_token)"
+    ]
     assert sentence_transformers_only(tmp_path) == []  # no modules.json: a plain HF folder
 
 

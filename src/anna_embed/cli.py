@@ -22,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("anna_embed.convert", "turn classification/clustering/STS/NLI data into training records"),
     "train": ("anna_embed.train", "train the embedder (LoRA contrastive + distillation)"),
     "pipeline": ("anna_embed.pipeline", "mine -> train -> evaluate from one config"),
+    "adapt": ("anna_embed.adapt", "adapt a model to a corpus: teacher mining, training, scores before/after"),
     "demo": ("anna_embed.pipeline", "the end-to-end demo on the embedded defaults"),
+    "serve": ("anna_embed.serve", "serve a model over an OpenAI-compatible HTTP API"),
 }
 
 

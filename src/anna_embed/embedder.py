@@ -108,9 +108,48 @@ def _default_dtype(dtype: str) -> torch.dtype:
 
 #: sentence-transformers modules :class:`Embedder` reproduces (backbone, mean/cls/last pooling, L2 norm).
 ST_REPRODUCED_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
-_ST_REPRODUCED_POOLING = frozenset(
-    {"pooling_mode_mean_tokens", "pooling_mode_cls_token", "pooling_mode_lasttoken"}
-)
+#: sentence-transformers pooling modes (their version-6 names) the Embedder reproduces, and its name for each.
+_ST_POOLING_MODES: dict[str, Pooling] = {"mean": "mean", "cls": "cls", "lasttoken": "last"}
+#: Older sentence-transformers folders switch modes on with one boolean key each.
+_ST_POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+def _st_pooling(config: dict[str, Any]) -> tuple[Pooling | None, list[str]]:
+    """A sentence-transformers Pooling config, either format: ``(our pooling, what we cannot reproduce)``.
+
+    Version 6 writes ``{"pooling_mode": "mean", "include_prompt": true}``, older versions one boolean per mode
+    (``pooling_mode_mean_tokens: true``). Several modes at once (a concatenation), a mode other than mean /
+    cls / last token, or ``include_prompt = false`` (prompt tokens left out of the mean) are not reproduced.
+    """
+    mode = config.get("pooling_mode")
+    if mode is not None:
+        modes = [mode] if isinstance(mode, str) else [str(m) for m in mode]
+        labels = [f"pooling_mode={m}" for m in modes]
+    else:
+        labels = [k for k, on in config.items() if k.startswith("pooling_mode_") and on]
+        modes = [_ST_POOLING_KEYS.get(k, k) for k in labels]
+    unsupported = [
+        f"Pooling({label})" for m, label in zip(modes, labels, strict=True) if m not in _ST_POOLING_MODES
+    ]
+    if len(modes) > 1 and not unsupported:
+        unsupported.append(f"Pooling({' + '.join(labels)})")
+    if config.get("include_prompt") is False:
+        unsupported.append("Pooling(include_prompt=false)")
+    return (_ST_POOLING_MODES[modes[0]] if len(modes) == 1 and not unsupported else None), unsupported
+
+
+def _st_pooling_config(folder: Path) -> dict[str, Any] | None:
+    """The config of a sentence-transformers folder's Pooling module (None: no modules.json or no Pooling)."""
+    modules = folder / "modules.json"
+    for module in json.loads(modules.read_text()) if modules.is_file() else []:
+        path = folder / module.get("path", "") / "config.json"
+        if str(module.get("type", "")).rsplit(".", 1)[-1] == "Pooling" and path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 class SentenceTransformersOnlyError(ValueError):
@@ -133,14 +172,7 @@ def sentence_transformers_only(folder: Path) -> list[str]:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind not in ST_REPRODUCED_MODULES:
             extra.append(kind)
-        elif kind == "Pooling" and (folder / module.get("path", "") / "config.json").is_file():
-            modes = json.loads((folder / module["path"] / "config.json").read_text())
-            extra += [
-                f"Pooling({k})"
-                for k, on in modes.items()
-                if k.startswith("pooling_mode_") and on and k not in _ST_REPRODUCED_POOLING
-            ]
-    return extra
+    return extra + _st_pooling(_st_pooling_config(folder) or {})[1]
 
 
 def _detect_config(folder: Path) -> EmbedderConfig:
@@ -165,23 +197,55 @@ def _detect_config(folder: Path) -> EmbedderConfig:
         a.endswith("ForCausalLM") for a in hf_config.get("architectures") or []
     )
     if modules.is_file() and not is_decoder:
-        pooling: Pooling = "mean"
-        pool_cfg = folder / "1_Pooling" / "config.json"
-        if pool_cfg.is_file():
-            pc = json.loads(pool_cfg.read_text())
-            pooling = (
-                "cls"
-                if pc.get("pooling_mode_cls_token")
-                else "last"
-                if pc.get("pooling_mode_lasttoken")
-                else "mean"
-            )
-        st_cfg = folder / "sentence_bert_config.json"
-        max_len = json.loads(st_cfg.read_text()).get("max_seq_length", 512) if st_cfg.is_file() else 512
-        return EmbedderConfig(kind="encoder", pooling=pooling, max_length=max_len, use_instructions=False)
+        pooling = _st_pooling(_st_pooling_config(folder) or {})[0] or "mean"
+        return EmbedderConfig(
+            kind="encoder", pooling=pooling, max_length=_st_max_length(folder), use_instructions=False
+        )
     if is_decoder:
         return EmbedderConfig(kind="decoder", pooling="last")
     return EmbedderConfig(kind="encoder", pooling="mean", use_instructions=False)
+
+
+def _st_max_length(folder: Path, default: int = 512) -> int:
+    """A sentence-transformers folder's ``max_seq_length``, where sentence-transformers reads it: the
+    ``sentence_bert_config.json`` of older folders, else the tokenizer's ``model_max_length`` (what version 6
+    saves); ``default`` when neither holds a real bound."""
+    sources = (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length"))
+    for name, key in sources:
+        path = folder / name
+        value = json.loads(path.read_text()).get(key) if path.is_file() else None
+        if isinstance(value, int) and 0 < value < 1_000_000:  # transformers writes ~1e30 for "no limit"
+            return value
+    return default
+
+
+def folder_config(folder: Path) -> EmbedderConfig:
+    """How a model folder embeds, without loading its weights: its saved ``anna_embed.json``, else what its
+    layout says (a sentence-transformers folder keeps its pooling and ``max_seq_length``; decoders pool the
+    EOS token). The trainer reads it before loading (LoRA or full fine-tuning depends on the kind).
+
+    Raises:
+        SentenceTransformersOnlyError: See :func:`sentence_transformers_only`.
+    """
+    cfg_file = folder / CONFIG_FILE
+    if cfg_file.is_file():
+        return EmbedderConfig.from_dict(json.loads(cfg_file.read_text()))
+    return _detect_config(folder)
+
+
+@dataclass(frozen=True)
+class PrefixState:
+    """A prompt prefix run once (:meth:`Embedder.run_prefix`), reusable for every text that follows it.
+
+    Attributes:
+        ids: The prefix's token ids.
+        cache: Its KV cache (never mutated: :meth:`Embedder.embed_after_prefix` works on a copy).
+        hidden: Its last hidden states ``[1, P, D]`` (for mean and cls pooling).
+    """
+
+    ids: tuple[int, ...]
+    cache: Any
+    hidden: torch.Tensor
 
 
 class Embedder:
@@ -230,12 +294,7 @@ class Embedder:
         from anna_embed.models import resolve
 
         folder = resolve(name_or_path)
-        cfg_file = folder / CONFIG_FILE
-        cfg = (
-            EmbedderConfig.from_dict(json.loads(cfg_file.read_text()))
-            if cfg_file.is_file()
-            else _detect_config(folder)
-        )
+        cfg = folder_config(folder)
         overrides = {
             k: v
             for k, v in (("pooling", pooling), ("max_length", max_length), ("padding_side", padding_side))
@@ -453,6 +512,21 @@ class Embedder:
             return np.zeros((0, dimensions or self.dimension), dtype=np.float32)
         if show_progress is None:
             show_progress = len(texts) > 1000
+        ids, pre, truncated = self.prompt_ids(texts, prefix=prefix)
+        self._note_truncation(truncated)
+        if prefix_cache and pre and self.config.kind == "decoder":
+            vectors = self._encode_prefix_cached(ids, pre, batch_size, show_progress)
+        else:
+            vectors = self._run_sorted(ids, batch_size, show_progress)
+        return _truncate_dims(vectors, dimensions)
+
+    def prompt_ids(self, texts: Sequence[str], *, prefix: str = "") -> tuple[list[list[int]], list[int], int]:
+        """The token ids :meth:`encode` runs for ``prefix + text``, the prefix's own ids, and how many texts
+        were truncated (the prefix's few-shot block, :meth:`example_tokens`, is on top of ``max_length``).
+
+        Raises:
+            ValueError: The prefix leaves no room for text (see :meth:`check_prefix`).
+        """
         pre = self._checked_prefix_ids(prefix) if prefix else []
         ids, truncated = encode_ids(
             self.tokenizer,
@@ -462,12 +536,7 @@ class Embedder:
             specials=self.specials,
             extra=[self.example_tokens(prefix)] * len(texts),
         )
-        self._note_truncation(truncated)
-        if prefix_cache and pre and self.config.kind == "decoder":
-            vectors = self._encode_prefix_cached(ids, pre, batch_size, show_progress)
-        else:
-            vectors = self._run_sorted(ids, batch_size, show_progress)
-        return _truncate_dims(vectors, dimensions)
+        return ids, pre, truncated
 
     def encode_queries(
         self,
@@ -562,10 +631,51 @@ class Embedder:
         with self._progress(len(ids), show_progress) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                vecs = self.embed(self._collate([ids[i] for i in idx]))
-                out[idx] = vecs.cpu().numpy()
+                out[idx] = self.embed_ids([ids[i] for i in idx])
                 bar.update(len(idx))
         return out
+
+    @torch.inference_mode()
+    def embed_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """One forward pass over id lists (from :meth:`prompt_ids`): ``[B, D]`` float32, L2-normalised."""
+        return self.embed(self._collate(ids)).cpu().numpy()
+
+    @torch.inference_mode()
+    def run_prefix(self, pre: Sequence[int]) -> PrefixState:
+        """Run a prompt prefix's ids once; :meth:`embed_after_prefix` then reuses its KV cache (decoders)."""
+        out = self.model(input_ids=torch.tensor([list(pre)], device=self.device), use_cache=True)
+        cache = out.cache if self._cache_kw == "cache" else out.past_key_values
+        return PrefixState(ids=tuple(pre), cache=cache, hidden=out.last_hidden_state)
+
+    @torch.inference_mode()
+    def embed_after_prefix(self, suffixes: Sequence[Sequence[int]], state: PrefixState) -> np.ndarray:
+        """Embed texts whose ids are ``state.ids + suffix``, running only the suffixes against a copy of the
+        prefix's KV cache: ``[B, D]`` float32, L2-normalised, equal to :meth:`embed_ids` on the full ids.
+
+        ``state`` is left unchanged, so it can be reused for any number of batches.
+        """
+        dev, n_pre, n = self.device, len(state.ids), len(suffixes)
+        ids, mask = pad_batch(suffixes, pad_id=self.specials.pad, side="right")
+        ids_t, mask_t = torch.tensor(ids, device=dev), torch.tensor(mask, device=dev)
+        cache = copy.deepcopy(state.cache)
+        cache.batch_repeat_interleave(n)
+        full_mask = torch.cat([torch.ones(n, n_pre, dtype=mask_t.dtype, device=dev), mask_t], 1)
+        pos = n_pre + torch.arange(ids_t.shape[1], device=dev).expand(n, -1)
+        hidden = self.model(
+            input_ids=ids_t,
+            attention_mask=full_mask,
+            position_ids=pos,
+            use_cache=True,
+            **{self._cache_kw: cache},
+        ).last_hidden_state  # [B, S, D]
+        if self.config.pooling == "mean":
+            m = mask_t.unsqueeze(-1).to(hidden.dtype)  # [B, S, 1]
+            pooled = (state.hidden.sum(1) + (hidden * m).sum(1)) / (n_pre + m.sum(1))
+        elif self.config.pooling == "cls":
+            pooled = state.hidden[:, 0].expand(n, -1)
+        else:
+            pooled = self._pool(hidden, mask_t)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
     def _encode_prefix_cached(
@@ -579,7 +689,7 @@ class Embedder:
         back to full recomputation.
         """
         n_pre = len(pre)
-        cached = [i for i, ids in enumerate(full) if ids[:n_pre] == pre and len(ids) > n_pre]
+        cached = [i for i, ids in enumerate(full) if continues_prefix(ids, pre)]
         cached_set = set(cached)
         rest = [i for i in range(len(full)) if i not in cached_set]
         out = np.empty((len(full), self.dimension), dtype=np.float32)
@@ -588,40 +698,12 @@ class Embedder:
             out[rest] = self._run_sorted([full[i] for i in rest], batch_size, False)
         if not cached:
             return out
-        dev = self.device
-        pre_ids = torch.tensor([pre], device=dev)
-        pre_out = self.model(input_ids=pre_ids, use_cache=True)
-        pre_cache = pre_out.cache if self._cache_kw == "cache" else pre_out.past_key_values
-        pre_sum = pre_out.last_hidden_state.sum(1)  # [1, D], for mean pooling
+        state = self.run_prefix(pre)
         order = sorted(cached, key=lambda i: -len(full[i]))
         with self._progress(len(cached), show_progress) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                suffix = [full[i][n_pre:] for i in idx]
-                ids, mask = pad_batch(suffix, pad_id=self.specials.pad, side="right")
-                ids_t, mask_t = torch.tensor(ids, device=dev), torch.tensor(mask, device=dev)
-                cache = copy.deepcopy(pre_cache)
-                cache.batch_repeat_interleave(len(idx))
-                full_mask = torch.cat(
-                    [torch.ones(len(idx), n_pre, dtype=mask_t.dtype, device=dev), mask_t], 1
-                )
-                pos = n_pre + torch.arange(ids_t.shape[1], device=dev).expand(len(idx), -1)
-                hidden = self.model(
-                    input_ids=ids_t,
-                    attention_mask=full_mask,
-                    position_ids=pos,
-                    use_cache=True,
-                    **{self._cache_kw: cache},
-                ).last_hidden_state  # [B, S, D]
-                if self.config.pooling == "mean":
-                    m = mask_t.unsqueeze(-1).to(hidden.dtype)
-                    pooled = (pre_sum + (hidden * m).sum(1)) / (n_pre + m.sum(1))
-                elif self.config.pooling == "cls":
-                    pooled = pre_out.last_hidden_state[:, 0].expand(len(idx), -1)
-                else:
-                    pooled = self._pool(hidden, mask_t)
-                vecs = torch.nn.functional.normalize(pooled.float(), dim=-1)
-                out[idx] = vecs.cpu().numpy()
+                out[idx] = self.embed_after_prefix([full[i][n_pre:] for i in idx], state)
                 bar.update(len(idx))
         return out
 
@@ -653,6 +735,12 @@ class Embedder:
             dimensions=dimensions,
             show_progress=len(texts) > 1000,
         )
+
+
+def continues_prefix(ids: Sequence[int], pre: Sequence[int]) -> bool:
+    """Whether a text's ids start with the prefix ids ``pre`` and go on after them (so the prefix's KV
+    cache can stand in for its first ``len(pre)`` tokens)."""
+    return len(ids) > len(pre) and list(ids[: len(pre)]) == list(pre)
 
 
 def _unit(x: Any) -> torch.Tensor:

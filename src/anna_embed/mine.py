@@ -276,10 +276,11 @@ class MiningQuery:
     task: str | None = None
     instruction: str | None = None
     lines: list[int] = field(default_factory=list)
+    type: str | None = None
 
 
 def load_training(path: str | Path, *, default_task: str | None = None) -> list[MiningQuery]:
-    """Read training records ``{query, positive, negative?, task?, instruction?}`` and merge duplicates.
+    """Read training records ``{query, positive, negative?, task?, type?, instruction?}``; merge duplicates.
 
     Records sharing (query, task, instruction) become one query whose positives are the union, so the
     other positives of a query are never mined as its negatives.
@@ -295,12 +296,12 @@ def load_training(path: str | Path, *, default_task: str | None = None) -> list[
             raise InputError(p, line, "expected a non-empty string", field="query")
         positives = text_list(rec["positive"], p, line, "positive")
         negatives = text_list(rec["negative"], p, line, "negative") if rec.get("negative") else []
-        task, instruction = rec.get("task", default_task), rec.get("instruction")
-        for name, value in (("task", task), ("instruction", instruction)):
+        task, instruction, type_ = rec.get("task", default_task), rec.get("instruction"), rec.get("type")
+        for name, value in (("task", task), ("instruction", instruction), ("type", type_)):
             if value is not None and not isinstance(value, str):
                 raise InputError(p, line, "expected a string", field=name)
         key = (query, task, instruction)
-        item = merged.setdefault(key, MiningQuery(query, [], [], task, instruction))
+        item = merged.setdefault(key, MiningQuery(query, [], [], task, instruction, type=type_))
         item.positives += [x for x in positives if x not in item.positives]
         item.negatives += [x for x in negatives if x not in item.negatives]
         item.lines.append(line)
@@ -502,7 +503,7 @@ def _record(
         "pos_scores": [round(float(s), 6) for s in pos_scores],
         "neg_scores": [round(float(s), 6) for s in neg_scores],
         "task": q.task,
-        "type": None if spec is None else spec.type,
+        "type": q.type if spec is None else spec.type,  # a user's own task keeps the type it came with
         # only a user's own instruction travels with the record: a registry task's is read at training
         # time from the registry, so training and evaluation never disagree after an edit
         "instruction": q.instruction,

@@ -325,6 +325,41 @@ _PROVISIONERS: dict[str, Callable[[Path], None]] = {
 }
 
 
+_DECODER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_BERT_PROJECTIONS = ("query", "key", "value", "output.dense", "intermediate.dense")
+
+#: LoRA targets per ``config.model_type``: every attention and MLP projection, as module-name suffixes
+#: (peft adapts a Linear whose name is a suffix or ends with ``.`` + a suffix). An encoder's ``pooler`` is
+#: left out: embeddings never use its output. ``output.dense`` covers both BERT's attention output
+#: (``attention.output.dense``) and its MLP output (``layer.N.output.dense``).
+LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo2"),
+        _DECODER_PROJECTIONS,
+    ),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), _BERT_PROJECTIONS),
+    "mpnet": ("attn.q", "attn.k", "attn.v", "attn.o", "intermediate.dense", "output.dense"),
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+}
+
+
+def lora_target_modules(model_type: str) -> tuple[str, ...]:
+    """The default LoRA targets of an architecture (:data:`LORA_TARGET_MODULES`).
+
+    Raises:
+        ValueError: An architecture without defaults; the message says to set ``lora.target_modules``.
+    """
+    try:
+        return LORA_TARGET_MODULES[model_type]
+    except KeyError:
+        raise ValueError(
+            f"no default LoRA target modules for model_type {model_type!r} (known: "
+            f"{', '.join(sorted(LORA_TARGET_MODULES))}): set lora.target_modules to the names of its "
+            "attention and MLP Linear layers, or lora.enabled = false"
+        ) from None
+
+
 def is_provisioned(name: str) -> bool:
     """True when the short name's folder already exists in the cache."""
     return (cache_dir() / name / PROVENANCE_FILE).is_file()

@@ -1,4 +1,4 @@
-"""The training loop: LoRA (or full) contrastive + soft-label fine-tuning of a decoder embedder.
+"""The training loop: LoRA (or full) contrastive + soft-label fine-tuning of a decoder or encoder embedder.
 
 ``anna-embed train --config configs/train/demo.toml [--set optim.lr=5e-5 ...] [--resume]`` runs on one CPU;
 the same command under ``accelerate launch`` or ``torchrun`` runs data-parallel on several GPUs or
@@ -10,6 +10,11 @@ embedding_loss` scores them. Checkpoints (trainable weights, optimizer, schedule
 config, data manifest) are written atomically every ``run.save_every`` steps; ``--resume`` continues from
 the newest one to the same final weights as an uninterrupted run. A non-finite loss stops the run before
 the update, keeping the last good checkpoint.
+
+The student is a decoder LLM (LoRA, EOS pooling, instructions and few-shot examples) or an encoder (a
+sentence-transformers folder such as all-MiniLM-L6-v2, or a BERT-like hub model): the same data, losses,
+checkpoints and export, with the encoder's own pooling, no instructions unless ``model.instructions`` turns
+them on, and every weight trained unless ``lora.enabled`` (see :class:`anna_embed.train_config.ModelSection`).
 
 Two settings stay functions of the step, so resume stays exact: ``data.hard_negatives_after`` (a
 curriculum: in-batch negatives only, no KL, for the first N steps) and ``optim.max_tokens`` (equal compute:
@@ -255,15 +260,42 @@ class Trainer:
         return self.seconds_before + (time.perf_counter() - started if started is not None else 0.0)
 
     def _build_model(self) -> tuple[Embedder, Any]:
-        from anna_embed.embedder import Embedder
+        """Load the backbone, resolve the config's "the model's own" values (None) and wrap it for training.
 
-        m, lora = self.cfg.model, self.cfg.lora
+        ``self.cfg`` becomes the resolved config (what checkpoints and the model folder save): pooling,
+        ``max_length`` and instructions as the model has them, LoRA on or off by the model's kind, the
+        LoRA targets of its architecture, and float32 weights for full fine-tuning under ``dtype = auto``.
+        """
+        from anna_embed.embedder import Embedder, folder_config
+        from anna_embed.models import resolve
+
+        m, d = self.cfg.model, self.cfg.data
+        lora = resolve_lora(self.cfg.lora, kind=folder_config(resolve(m.name)).kind, model_type=None)
+        dtype = "float32" if m.dtype == "auto" and not lora.enabled else m.dtype
         emb = Embedder.from_pretrained(
-            m.name, pooling=m.pooling, max_length=m.max_length, dtype=m.dtype, device=str(self.acc.device)
+            m.name, pooling=m.pooling, max_length=m.max_length, dtype=dtype, device=str(self.acc.device)
         )
-        d = self.cfg.data  # the few-shot budgets travel with the saved model, so eval applies them too
+        # the few-shot budgets travel with the saved model, so eval applies them too
         emb.config = replace(
-            emb.config, shot_max_tokens=d.shot_max_tokens, examples_max_length=d.examples_max_length
+            emb.config,
+            shot_max_tokens=d.shot_max_tokens,
+            examples_max_length=d.examples_max_length,
+            use_instructions=emb.config.use_instructions if m.instructions is None else m.instructions,
+        )
+        lora = resolve_lora(lora, kind=emb.config.kind, model_type=emb.model.config.model_type)
+        c = emb.config
+        model = replace(
+            m, pooling=c.pooling, max_length=c.max_length, instructions=c.use_instructions, dtype=dtype
+        )
+        self.cfg = replace(self.cfg, model=model, lora=lora)
+        logger.info(
+            "%s (%s): %s pooling, max_length %d, instructions %s, %s",
+            m.name,
+            c.kind,
+            c.pooling,
+            c.max_length,
+            "on" if c.use_instructions else "off",
+            f"LoRA r={lora.r}" if lora.enabled else f"full fine-tuning ({dtype})",
         )
         return prepare_for_training(emb, lora, gradient_checkpointing=m.gradient_checkpointing)
 
@@ -651,17 +683,36 @@ def _embed_module_class() -> type:
     return EmbedModule
 
 
+def resolve_lora(lora: LoraSection, *, kind: str, model_type: str | None) -> LoraSection:
+    """``lora`` with its "the model's own" values filled in: ``enabled`` (None: LoRA for decoders, full
+    fine-tuning for encoders) and, when LoRA is on and ``model_type`` is known, ``target_modules`` (empty:
+    :func:`anna_embed.models.lora_target_modules`)."""
+    from anna_embed.models import lora_target_modules
+
+    enabled = lora.enabled if lora.enabled is not None else kind == "decoder"
+    targets = lora.target_modules
+    if enabled and not targets and model_type is not None:
+        targets = lora_target_modules(model_type)
+    return replace(lora, enabled=enabled, target_modules=targets)
+
+
 def prepare_for_training(
     emb: Embedder, lora: LoraSection, *, gradient_checkpointing: bool = False
 ) -> tuple[Embedder, Any]:
-    """Wrap the embedder's backbone with LoRA in place (or unfreeze it all); returns ``(emb, peft_model)``."""
+    """Wrap the embedder's backbone with LoRA in place (or unfreeze it); returns ``(emb, peft_model)``.
+
+    ``lora``'s None / empty values are resolved by :func:`resolve_lora`. Full fine-tuning trains every
+    weight except an encoder's ``pooler`` (embeddings never use its output; an unused trainable weight
+    would also stall DDP's gradient reduction).
+    """
     model = emb.model
+    lora = resolve_lora(lora, kind=emb.config.kind, model_type=model.config.model_type)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if not lora.enabled:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith("pooler."))
         model.train()
         return emb, None
     from peft import LoraConfig, get_peft_model

@@ -15,45 +15,56 @@ from anna_embed.data import DataSource
 
 @dataclass(frozen=True)
 class ModelSection:
-    """The backbone.
+    """The backbone: a decoder LLM or a sentence-transformers / BERT-like encoder.
+
+    ``None`` means "the model's own": what the folder's ``anna_embed.json`` saved, else what its layout says
+    (:func:`anna_embed.embedder.folder_config`): decoders pool the EOS token, take instructions and 512
+    tokens; a sentence-transformers encoder keeps its Pooling module, its ``max_seq_length`` and no
+    instructions. The resolved values are what the run saves.
 
     Attributes:
         name: Short name, local folder or hub id (see :func:`anna_embed.models.resolve`).
-        pooling: ``last`` (the EOS token, the recipe's choice) or ``mean``.
-        dtype: Dtype of the frozen base weights: ``auto`` picks bf16 where the CPU/GPU supports it.
-        max_length: Token budget per text, prompt and few-shot block included.
+        pooling: ``last`` (the EOS token, the recipe's choice), ``mean`` or ``cls``; None: the model's own.
+        dtype: Dtype of the base weights: ``auto`` picks bf16 where the CPU/GPU supports it for frozen base
+            weights (LoRA), and float32 when every weight trains (bf16 weights would lose small updates).
+        max_length: Token budget per text, prompt included (the few-shot block is on top); None: the
+            model's own.
+        instructions: Task instructions (and few-shot examples) in the prompts; None: the model's own
+            (on for decoders, off for encoders, which were trained without them).
         gradient_checkpointing: Recompute activations in the backward pass (less memory, ~30% slower).
     """
 
     name: str = "smollm2-135m-instruct"
-    pooling: Literal["last", "mean"] = "last"
+    pooling: Literal["last", "mean", "cls"] | None = None
     dtype: Literal["float32", "bfloat16", "auto"] = "auto"
-    max_length: int = 512
+    max_length: int | None = None
+    instructions: bool | None = None
     gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True)
 class LoraSection:
-    """LoRA adapter (peft). ``enabled = false`` trains every weight.
+    """LoRA adapter (peft), or full fine-tuning.
 
     Defaults: rank 16 and alpha 32 (alpha = 2 * rank keeps the update scale fixed when the rank changes)
     on every attention and MLP projection, as E5-Mistral and BGE-EN-ICL train their decoders; dropout 0.05
     is a light regulariser for the small data mixes this runs on.
+
+    Attributes:
+        enabled: True: LoRA; False: every weight trains; None: LoRA for decoders, full fine-tuning for
+            encoders (small enough to train whole, as sentence-transformers fine-tunes them).
+        r: Rank.
+        alpha: Scale numerator (the update is scaled by ``alpha / r``).
+        dropout: Dropout on the adapter's input.
+        target_modules: Module-name suffixes that get adapters; empty: every attention and MLP projection
+            of the architecture (:data:`anna_embed.models.LORA_TARGET_MODULES`).
     """
 
-    enabled: bool = True
+    enabled: bool | None = None
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+    target_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
