@@ -15,8 +15,8 @@ Variants (each a set of config overrides on one pipeline config):
   (``train.loss.distill_scope = "batch"``: a bi-encoder reranker's vectors, saved by mining, give the
   teacher's score of every (query, document) pair the student scores; not run by default);
 * ``curriculum``: the full recipe after ``inbatch_only`` for its first third of ``train.optim.max_steps``
-  (``train.data.hard_negatives_after``; not run by default). With ``train.optim.max_tokens`` the run may end
-  before ``max_steps``: keep ``max_steps`` near the expected step count, or the switch comes late.
+  (``train.data.hard_negatives_after``; not run by default). Under ``train.optim.max_tokens`` the switch
+  step must be given (``--set train.data.hard_negatives_after=N``).
 
 Every variant runs :func:`anna_embed.pipeline.run` in ``OUT/<variant>`` with one shared cache, so teacher
 scores and the base model's and teacher's evaluation embeddings are computed once. The untrained base is
@@ -44,7 +44,19 @@ from typing import Any
 
 
 def _curriculum(base: Any) -> list[str]:
-    """In-batch negatives only (no mined negatives, no KL) for the first third of the steps."""
+    """In-batch negatives only (no mined negatives, no KL) for the first third of the steps.
+
+    Under ``train.optim.max_tokens`` the step count is only known once training plans it, so the switch
+    must then be given: ``--set train.data.hard_negatives_after=N`` (a third of the planned steps that
+    ``optim.max_tokens=...: N steps`` in the training log prints is the same rule).
+    """
+    if base.train.data.hard_negatives_after > 0:
+        return []  # the user's switch step
+    if base.train.optim.max_tokens is not None:
+        raise ValueError(
+            "the curriculum variant under train.optim.max_tokens needs its switch step: "
+            "--set train.data.hard_negatives_after=N (steps)"
+        )
     steps = base.train.optim.max_steps
     if not steps:
         raise ValueError("the curriculum variant switches at a third of train.optim.max_steps: set it")

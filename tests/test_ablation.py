@@ -21,8 +21,9 @@ def ablation():
 
 
 def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
+    steps = ["train.optim.max_tokens=none", "train.optim.max_steps=80"]  # the curriculum follows max_steps
     cfg = {
-        n: ablation.variant_config(ROOT / "configs" / "ablation.toml", n, [], tmp_path)
+        n: ablation.variant_config(ROOT / "configs" / "ablation.toml", n, steps, tmp_path)
         for n in ablation.VARIANTS
     }
     full = cfg["full"]
@@ -67,19 +68,28 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     assert set(ablation.PILLARS) <= set(ablation.VARIANTS)
     assert "label_layout" not in ablation.PILLARS and "curriculum" not in ablation.PILLARS
     with pytest.raises(ValueError, match="unknown variant"):
-        ablation.variant_config(ROOT / "configs" / "ablation.toml", "no_lora", [], tmp_path)
+        ablation.variant_config(ROOT / "configs" / "ablation.toml", "no_lora", steps, tmp_path)
 
 
 def test_overrides_reach_every_variant_and_the_curriculum_follows_max_steps(ablation, tmp_path):
-    sets = ["train.optim.max_steps=30", "train.optim.max_tokens=50000"]
+    config = ROOT / "configs" / "ablation.toml"
+    sets = ["train.optim.max_steps=30", "train.optim.max_tokens=none"]
     for name in ablation.VARIANTS:
-        c = ablation.variant_config(ROOT / "configs" / "ablation.toml", name, sets, tmp_path)
-        assert (c.train.optim.max_steps, c.train.optim.max_tokens) == (30, 50000), name
+        c = ablation.variant_config(config, name, sets, tmp_path)
+        assert (c.train.optim.max_steps, c.train.optim.max_tokens) == (30, None), name
         assert c.train.data.hard_negatives_after == (10 if name == "curriculum" else 0), name
     with pytest.raises(ValueError, match="max_steps"):
         ablation.variant_config(
-            ROOT / "configs" / "ablation.toml", "curriculum", ["train.optim.max_steps=none"], tmp_path
+            config, "curriculum", ["train.optim.max_steps=none", "train.optim.max_tokens=none"], tmp_path
         )
+    # under a token budget the step count is unknown until training plans it: the switch must be given
+    budget = ["train.optim.max_steps=2000", "train.optim.max_tokens=50000"]
+    with pytest.raises(ValueError, match="hard_negatives_after=N"):
+        ablation.variant_config(config, "curriculum", budget, tmp_path)
+    given = ablation.variant_config(
+        config, "curriculum", [*budget, "train.data.hard_negatives_after=12"], tmp_path
+    )
+    assert given.train.data.hard_negatives_after == 12 and given.train.optim.max_tokens == 50000
 
 
 def test_ablation_config_evaluates_no_task_it_trains_on():

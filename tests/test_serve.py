@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -76,34 +75,9 @@ def decoder_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def minilm_folder(tmp_path_factory) -> Path:
     """A tiny random BERT laid out as all-MiniLM-L6-v2 (Transformer -> mean Pooling -> Normalize)."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer import modules as st_modules
-    from transformers import BertConfig, BertModel, BertTokenizer
+    from conftest import build_bert_folder
 
-    root = tmp_path_factory.mktemp("minilm")
-    words = sorted({w for t in TEXTS for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(root / "backbone")
-    BertTokenizer(vocab=vocab).save_pretrained(root / "backbone")
-    model = SentenceTransformer(
-        modules=[
-            st_modules.Transformer(str(root / "backbone"), max_seq_length=64),
-            st_modules.Pooling(32, "mean"),
-            st_modules.Normalize(),
-        ],
-        device="cpu",
-    )
-    model.save(str(root / "model"))
-    return root / "model"
+    return build_bert_folder(tmp_path_factory.mktemp("minilm"), TEXTS, max_seq_length=64)
 
 
 @contextmanager
