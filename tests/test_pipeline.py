@@ -62,7 +62,8 @@ def test_prepare_turns_each_source_kind_into_records(tmp_path):
         )
 
 
-def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
+def _tiny_config(make_embedder, tmp_path, *extra: str) -> PipelineConfig:
+    """The demo config on a tiny random decoder (student, retriever, reranker and teacher alike)."""
     base = make_embedder("llama").save(tmp_path / "tiny-base")
     cfg = C.build(
         PipelineConfig,
@@ -74,18 +75,23 @@ def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
             "train.model.max_length=64",
             "train.optim.max_steps=2",
             "train.optim.batch_size=4",
-            "train.run.save_every=1",
             f"mine.retriever=bi:{base}",
             f"mine.reranker=bi:{base}",
             "mine.top_k=5",
             "mine.num_negatives=1",
             "mine.relative_margin=none",  # a random teacher puts every candidate near the positive
-            f"eval.teacher={base}",
-            "eval.limit=8",
             "eval.dtype=float32",
+            *extra,
         ],
     )
-    cfg = replace(cfg, sources=tuple(replace(s, max_records=12) for s in cfg.sources))
+    return replace(cfg, sources=tuple(replace(s, max_records=12) for s in cfg.sources))
+
+
+def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
+    base = tmp_path / "tiny-base"
+    cfg = _tiny_config(
+        make_embedder, tmp_path, "train.run.save_every=1", f"eval.teacher={base}", "eval.limit=8"
+    )
     report = run(cfg)
     assert [r["model"] for r in report["rows"]] == ["base", "student", "teacher"]
     assert all(r["QNLIRetrieval"] is not None for r in report["rows"])
@@ -106,29 +112,9 @@ def test_batch_scope_soft_labels_get_the_mined_teacher_vectors(make_embedder, tm
     from anna_embed.teachers import TeacherEmbeddings
     from anna_embed.train_config import TrainConfig
 
-    base = make_embedder("llama").save(tmp_path / "tiny-base")
-    cfg = C.build(
-        PipelineConfig,
-        C.to_dict(DEMO_CONFIG),
-        [
-            f"output_dir={tmp_path / 'run'}",
-            f"train.model.name={base}",
-            "train.model.dtype=float32",
-            "train.model.max_length=64",
-            "train.optim.max_steps=2",
-            "train.optim.batch_size=4",
-            "train.loss.distill_scope=batch",
-            f"mine.retriever=bi:{base}",
-            f"mine.reranker=bi:{base}",
-            "mine.top_k=5",
-            "mine.num_negatives=1",
-            "mine.relative_margin=none",
-            "eval.teacher=",
-            "eval.limit=4",
-            "eval.dtype=float32",
-        ],
+    cfg = _tiny_config(
+        make_embedder, tmp_path, "train.loss.distill_scope=batch", "eval.teacher=", "eval.limit=4"
     )
-    cfg = replace(cfg, sources=tuple(replace(s, max_records=12) for s in cfg.sources))
     run(cfg)  # without the vectors, the first batch-scope step raises
     root = tmp_path / "run"
     mined = sorted(root.glob("mine/*/mined.jsonl"))
