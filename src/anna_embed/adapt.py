@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -176,20 +175,15 @@ def run(cfg: AdaptConfig, *, force: bool = False) -> dict[str, Any]:
     """Run every stage (skipping finished ones unless ``force``); returns the report's data."""
     from anna_embed import mine, train
     from anna_embed.adapt_report import evaluate, write_report
-    from anna_embed.pipeline import Stage, _fingerprint
+    from anna_embed.pipeline import Stage, Timer, _fingerprint
     from anna_embed.teachers import teacher_embeddings_path
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     C.save(cfg, out / "adapt.json")
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        result = fn()
-        timings[name] = round(time.perf_counter() - start, 1)
-        return result
+    timed = Timer()
+    timings = timed.seconds
 
     data = timed("data", lambda: prepare_data(cfg, out))
     mined = vectors = None

@@ -160,6 +160,19 @@ def _fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
+class Timer:
+    """Wall seconds of a run's named steps (0.1 s), for its report: ``timer(name, fn)`` runs ``fn``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = fn()
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+        return result
+
+
 class Stage:
     """A pipeline stage folder with a completion marker (``stage.json``) keyed by a fingerprint."""
 
@@ -271,13 +284,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else root / "cache"
     C.save(cfg, root / "config.json")
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        result = fn()
-        timings[name] = round(time.perf_counter() - start, 1)
-        return result
+    timed = Timer()
+    timings = timed.seconds
 
     # 1. provision the models (offline packages are converted once into the cache)
     teachers = [cfg.mine.retriever.split(":", 1)[-1], cfg.mine.reranker.split(":", 1)[-1]]
