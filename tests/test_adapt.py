@@ -11,6 +11,7 @@ import pytest
 from anna_embed import config as C
 from anna_embed.adapt import AdaptConfig, load_config, train_config
 from anna_embed.adapt_data import is_validation, prepare_data
+from anna_embed.embedder import resolve_dtype
 from anna_embed.io import InputError
 from conftest import build_bert_folder
 
@@ -108,7 +109,10 @@ def test_adapt_end_to_end(tiny: dict[str, Path], tmp_path: Path, monkeypatch: py
     assert mined and all(r["neg"] and len(r["neg_scores"]) == len(r["neg"]) for r in mined)
     assert all(max(r["neg_scores"]) <= 0.95 * min(r["pos_scores"]) + 1e-6 for r in mined)
     manifest = json.loads((out / "mine" / "mined.manifest.json").read_text())
-    assert manifest["teachers"]["reranker"] == f"bi:{tiny['model']}@256"
+    # adapt's teacher runs in bf16 where the CPU has it (mine.dtype = "auto"), and says so in its name
+    bf16 = str(resolve_dtype("auto")) == "torch.bfloat16"
+    assert manifest["teachers"]["reranker"] == f"bi:{tiny['model']}@256" + ("#bfloat16" if bf16 else "")
+    assert manifest["teachers"]["retriever"] == manifest["teachers"]["reranker"]  # one model, both roles
     # the adapted model: trained (3 steps), the same vectors in sentence-transformers
     meta = json.loads((out / "model" / "training.json").read_text())
     assert meta["steps"] == 3 and meta["config"]["lora"]["enabled"] is False

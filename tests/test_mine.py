@@ -486,6 +486,67 @@ def test_teacher_embeddings_beside_the_output_reproduce_its_soft_labels(tmp_path
             assert got == pytest.approx(scores, abs=1e-5)
 
 
+class _CountingBow(_BowEncoder):
+    def __init__(self):
+        self.documents: list[str] = []
+
+    def encode_documents(self, texts, *, task=None, batch_size=32):
+        self.documents += list(texts)
+        return super().encode_documents(texts, task=task, batch_size=batch_size)
+
+
+def test_one_bi_encoder_as_retriever_and_reranker_encodes_the_corpus_once(tmp_path, monkeypatch):
+    """Same ``bi:NAME`` in both roles: one model, its corpus vectors reused; same bytes as two models."""
+    from anna_embed import teachers
+    from anna_embed.teachers import BiEncoder
+
+    cfg = replace(CFG, retriever="bi:bow", reranker="bi:bow", teacher_embeddings=True)
+    shared = _CountingBow()
+    loaded: list[str] = []
+
+    def load(spec, **kw):
+        loaded.append(spec)
+        return BiEncoder(shared, name="bi:bow")
+
+    monkeypatch.setattr(teachers, "load_retriever", load)
+    monkeypatch.setattr(teachers, "load_reranker", load)
+    out = tmp_path / "shared" / "mined.jsonl"
+    mine.run(cfg, FIX / "train.jsonl", out, corpus=FIX / "corpus.jsonl")
+    assert loaded == ["bi:bow"]  # the reranker was not loaded a second time
+    assert len(shared.documents) == len(set(shared.documents))  # no document encoded twice
+
+    # two separate instances of the same model (what happened before) write the same records and vectors
+    two = tmp_path / "two" / "mined.jsonl"
+    mine.run(
+        cfg,
+        FIX / "train.jsonl",
+        two,
+        corpus=FIX / "corpus.jsonl",
+        retriever=BiEncoder(_BowEncoder(), name="bi:bow"),
+        reranker=BiEncoder(_BowEncoder(), name="bi:bow"),
+    )
+    assert out.read_bytes() == two.read_bytes()
+    a, b = np.load(out.with_name("mined.teacher.npz")), np.load(two.with_name("mined.teacher.npz"))
+    assert sorted(a.files) == sorted(b.files)
+    for key in a.files:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize(
+    ("retriever", "reranker", "lengths", "same"),
+    [
+        ("all-minilm-l6-v2", "bi:all-minilm-l6-v2", (256, None), True),
+        ("bi:x", "x", (128, 128), True),
+        ("bi:x", "bi:x", (256, 128), False),  # another truncation is another teacher
+        ("bi:x", "bi:y", (256, None), False),
+        ("bi:x", "cross:x", (256, None), False),
+    ],
+)
+def test_same_bi_encoder(retriever, reranker, lengths, same):
+    cfg = replace(CFG, retriever=retriever, reranker=reranker, max_length=lengths[0])
+    assert mine._same_bi_encoder(replace(cfg, reranker_max_length=lengths[1])) is same
+
+
 def test_teacher_embeddings_need_a_bi_encoder_reranker(tmp_path):
     with pytest.raises(ValueError, match=r"bi-encoder reranker \(bi:NAME\), not 'fake-logit'"):
         _run(tmp_path, "logit", replace(CFG, teacher_embeddings=True))

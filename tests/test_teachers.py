@@ -319,6 +319,20 @@ def test_st_only_folder_is_a_teacher_with_its_own_prompts(tiny_st_folder):
     np.testing.assert_allclose(scores, expect_d @ expect_q[0], atol=1e-5)
 
 
+def test_bf16_teacher_is_named_apart_and_close_to_float32(tiny_st_folder):
+    import torch
+
+    docs = ["A glacier cave is formed in the ice.", "The cat sat on the mat.", "Stock prices fell."]
+    full = teachers.load_retriever(f"bi:{tiny_st_folder}", max_length=64)
+    half = teachers.load_reranker(f"bi:{tiny_st_folder}", max_length=64, dtype="bfloat16")
+    assert full.name == f"bi:{tiny_st_folder}@64" and half.name == f"bi:{tiny_st_folder}@64#bfloat16"
+    assert {p.dtype for p in half.encoder.model.parameters()} == {torch.bfloat16}
+    a, b = full.encode_documents(docs), half.encode_documents(docs)
+    assert b.dtype == np.float32
+    cos = (a * b).sum(1)  # both L2-normalised
+    assert cos.min() > 0.99 and not np.array_equal(a, b)
+
+
 def test_embedder_refuses_an_st_only_folder_with_a_pointer_to_teachers(tiny_st_folder):
     from anna_embed.embedder import Embedder, SentenceTransformersOnlyError
 

@@ -102,8 +102,9 @@ ADAPT_TRAIN = TrainConfig(
     optim=OptimSection(batch_size=32, lr=5e-5, weight_decay=0.01, warmup_steps=10, epochs=3),
     run=RunSection(save_every=50, keep_checkpoints=1),  # a full-model checkpoint is 3x the weights
 )
-#: Retriever and reranker "" mean the teacher (``bi:TEACHER`` as reranker).
-ADAPT_MINE = MineConfig(retriever="", reranker="", top_k=50, num_negatives=7)
+#: Retriever and reranker "" mean the teacher (``bi:TEACHER`` as reranker, the same model: the corpus is
+#: encoded once). Teachers only score, so they run in bf16 where the CPU/GPU supports it (``auto``).
+ADAPT_MINE = MineConfig(retriever="", reranker="", top_k=50, num_negatives=7, dtype="auto")
 
 
 @dataclass(frozen=True)

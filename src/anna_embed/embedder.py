@@ -92,7 +92,8 @@ class EmbedderConfig:
         return cls(**d)
 
 
-def _default_dtype(dtype: str) -> torch.dtype:
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """``float32``, ``bfloat16`` or ``auto`` (bf16 on GPUs that support it and CPUs with AVX512/AMX)."""
     if dtype == "float32":
         return torch.float32
     if dtype == "bfloat16":
@@ -302,7 +303,7 @@ class Embedder:
         }
         cfg = replace(cfg, base_model=cfg.base_model or str(name_or_path), **overrides)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModel.from_pretrained(folder, dtype=_default_dtype(dtype))
+        model = AutoModel.from_pretrained(folder, dtype=resolve_dtype(dtype))
         model.eval()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device)

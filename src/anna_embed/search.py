@@ -151,6 +151,23 @@ def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarra
     return out
 
 
+def _corpus_key(cfg: MineConfig, retriever: Any, corpus: Sequence[str]) -> str:
+    return content_hash([retriever.name, str(cfg.task), str(cfg.shard_size), content_hash(corpus)])[:16]
+
+
+def corpus_embeddings(
+    cfg: MineConfig,
+    retriever: Any,
+    corpus: Sequence[str],
+    cache: Path,
+    on_progress: ProgressHook | None = None,
+) -> np.ndarray:
+    """``[N, D]`` retriever vectors of the corpus, encoded shard by shard into ``cache`` (or read back)."""
+    encode = functools.partial(retriever.encode_documents, task=cfg.task)
+    folder = cache / f"corpus-{_corpus_key(cfg, retriever, corpus)}"
+    return encode_corpus_cached(encode, corpus, folder, shard_size=cfg.shard_size, on_progress=on_progress)
+
+
 def search_candidates(
     cfg: MineConfig,
     retriever: Any,
@@ -165,17 +182,8 @@ def search_candidates(
     ``k`` is ``top_k`` plus the most positives any query has in the corpus, so excluding the positives
     still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
     """
-    corpus_key = content_hash(
-        [retriever.name, str(cfg.task), str(cfg.shard_size), content_hash(docs[:n_corpus])]
-    )[:16]
-    encode = functools.partial(retriever.encode_documents, task=cfg.task)
-    d_emb = encode_corpus_cached(
-        encode,
-        docs[:n_corpus],
-        cache / f"corpus-{corpus_key}",
-        shard_size=cfg.shard_size,
-        on_progress=on_progress,
-    )
+    corpus_key = _corpus_key(cfg, retriever, docs[:n_corpus])
+    d_emb = corpus_embeddings(cfg, retriever, docs[:n_corpus], cache, on_progress)
     settings = [
         cfg.top_k,
         cfg.index,

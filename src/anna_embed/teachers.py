@@ -133,23 +133,49 @@ class BiEncoder:
         self._cache: dict[tuple[str, str | None, str | None, bytes], np.ndarray] = {}
 
     @classmethod
-    def load(cls, name: str, *, batch_size: int = 32, max_length: int | None = None) -> BiEncoder:
+    def load(
+        cls, name: str, *, batch_size: int = 32, max_length: int | None = None, dtype: str = "float32"
+    ) -> BiEncoder:
         """Load from an offline short name, a local folder or a hub id.
 
         A sentence-transformers folder with modules the Embedder cannot reproduce
         (:func:`anna_embed.embedder.sentence_transformers_only`) runs through sentence-transformers
         (:class:`SentenceTransformerEncoder`); everything else through :class:`~anna_embed.embedder.Embedder`.
+        ``dtype`` is that of the weights (``auto``: bf16 where the CPU/GPU runs it fast); the vectors are
+        float32 either way. A non-float32 dtype is part of :attr:`name`, so cached vectors never mix dtypes.
         """
-        from anna_embed.embedder import Embedder, sentence_transformers_only
+        from anna_embed.embedder import Embedder, resolve_dtype, sentence_transformers_only
 
         folder = _resolve(name)
+        torch_dtype = resolve_dtype(dtype)
         encoder: Any
         if sentence_transformers_only(folder):
-            encoder = SentenceTransformerEncoder.load(folder, max_length=max_length)
+            encoder = SentenceTransformerEncoder.load(folder, max_length=max_length, dtype=torch_dtype)
         else:
-            encoder = Embedder.from_pretrained(name, max_length=max_length)
+            encoder = Embedder.from_pretrained(name, max_length=max_length, dtype=dtype)
         suffix = "" if max_length is None else f"@{max_length}"
+        if str(torch_dtype) != "torch.float32":
+            suffix += "#" + str(torch_dtype).split(".")[-1]
         return cls(encoder, name=f"bi:{name}{suffix}", batch_size=batch_size)
+
+    def remember(
+        self,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        role: Literal["query", "document"],
+        task: str | None = None,
+        instruction: str | None = None,
+    ) -> None:
+        """Put vectors this teacher already computed (``[N, D]``, L2-normalised) into its cache.
+
+        Mining calls it with the retriever's corpus vectors when the same bi-encoder also rescores, so the
+        candidates are not encoded a second time.
+        """
+        if len(texts) != len(vectors):
+            raise ValueError(f"remember: {len(texts)} texts but {len(vectors)} vectors")
+        for text, vec in zip(texts, vectors, strict=True):
+            self._cache[(role, task, instruction, _text_key(text))] = np.asarray(vec, np.float32)
 
     def encode_queries(
         self, texts: Sequence[str], *, task: str | None = None, instruction: str | None = None
@@ -226,12 +252,15 @@ class SentenceTransformerEncoder:
 
     @classmethod
     def load(
-        cls, folder: str | os.PathLike[str], *, max_length: int | None = None
+        cls, folder: str | os.PathLike[str], *, max_length: int | None = None, dtype: Any = None
     ) -> SentenceTransformerEncoder:
-        """``SentenceTransformer(folder)``; ``max_length`` overrides its ``max_seq_length``."""
+        """``SentenceTransformer(folder)``; ``max_length`` overrides its ``max_seq_length``, ``dtype`` (a
+        ``torch.dtype``; None: as saved) that of its weights."""
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(folder))
+        if dtype is not None:
+            model = model.to(dtype)
         if max_length is not None:
             model.max_seq_length = max_length
         return cls(model)
@@ -471,22 +500,29 @@ def parse_spec(spec: str, *, default_kind: TeacherKind = "bi") -> tuple[TeacherK
     return default_kind, spec
 
 
-def load_retriever(spec: str, *, batch_size: int = 32, max_length: int | None = None) -> Retriever:
+def load_retriever(
+    spec: str, *, batch_size: int = 32, max_length: int | None = None, dtype: str = "float32"
+) -> Retriever:
     """Load a retriever teacher; only bi-encoders retrieve (``bi:NAME`` or a bare ``NAME``)."""
     kind, name = parse_spec(spec)
     if kind != "bi":
         raise ValueError(f"Retriever {spec!r}: only bi-encoders can retrieve (use bi:NAME)")
-    return BiEncoder.load(name, batch_size=batch_size, max_length=max_length)
+    return BiEncoder.load(name, batch_size=batch_size, max_length=max_length, dtype=dtype)
 
 
-def load_reranker(spec: str, *, batch_size: int = 32, max_length: int | None = None) -> Reranker:
-    """Load a reranker teacher from ``bi:NAME``, ``cross:NAME`` or ``judge:NAME`` (bare NAME = ``bi``)."""
+def load_reranker(
+    spec: str, *, batch_size: int = 32, max_length: int | None = None, dtype: str = "float32"
+) -> Reranker:
+    """Load a reranker teacher from ``bi:NAME``, ``cross:NAME`` or ``judge:NAME`` (bare NAME = ``bi``).
+
+    ``dtype`` applies to bi-encoders; cross-encoders and judges load as they always do (float32).
+    """
     kind, name = parse_spec(spec)
     if kind == "cross":
         return CrossEncoderReranker.load(name, batch_size=batch_size, max_length=max_length)
     if kind == "judge":
         return LLMJudgeReranker.load(name, batch_size=max(1, batch_size // 4), max_length=max_length)
-    return BiEncoder.load(name, batch_size=batch_size, max_length=max_length)
+    return BiEncoder.load(name, batch_size=batch_size, max_length=max_length, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- teacher embeddings file
