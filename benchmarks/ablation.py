@@ -168,9 +168,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from anna_embed.evaluate_report import format_leaderboard, leaderboard, task_table
+    from anna_embed.evaluate.report import leaderboard
     from anna_embed.io import atomic_write, write_json
     from anna_embed.pipeline import run
+    from anna_embed.scores import format_leaderboard, task_table
 
     names = args.only.split(",") if args.only else list(PILLARS)
     configs = {name: variant_config(args.config, name, args.set, args.output, args.cache) for name in names}

@@ -83,8 +83,8 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.embedder import Embedder
-    from anna_embed.models import resolve
+    from anna_embed.model.embedder import Embedder
+    from anna_embed.model.weights import resolve
 
     texts = load_texts(args.texts, args.n)
     bs = args.batch_size

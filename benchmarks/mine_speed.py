@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anna_embed.mine import MineConfig
-from anna_embed.search import build_index
+from anna_embed.mine.config import MineConfig
+from anna_embed.mine.search import build_index
 
 logger = logging.getLogger("mine_speed")
 SCIFACT = Path("/work/shared/data/mteb/SciFact")
@@ -108,7 +108,7 @@ def _judged_pairs(n_queries: int, n_candidates: int) -> tuple[list[str], list[st
     """
     from anna_embed.convert import beir_records, document_text
     from anna_embed.io import read_jsonl
-    from anna_embed.search import bm25_candidates
+    from anna_embed.mine.search import bm25_candidates
 
     records = list(
         beir_records(
@@ -144,7 +144,7 @@ def _tiny_minilm_cross_encoder(folder: Path) -> str:
     """
     from sentence_transformers import CrossEncoder
 
-    from anna_embed.models import resolve
+    from anna_embed.model.weights import resolve
 
     model = CrossEncoder(str(resolve("all-minilm-l6-v2")), num_labels=1, device="cpu")
     model.save(str(folder))
@@ -165,7 +165,7 @@ def bench_teachers(
     n_queries: int, max_length: int, scratch: Path, only: list[str] | None = None
 ) -> list[dict]:
     """Seconds per 1,000 texts (retriever) or pairs (rerankers), and each reranker's MRR on the pairs."""
-    from anna_embed import teachers
+    from anna_embed.mine import teachers
 
     pair_q, pair_d, group = _judged_pairs(n_queries, n_candidates=7)
     queries, docs = pair_q[::group], list(dict.fromkeys(pair_d))

@@ -59,7 +59,7 @@ def load_pairs(path: Path) -> list[tuple[str, str]]:
 def token_counts(model: str, texts: list[str]) -> list[int]:
     from transformers import AutoTokenizer
 
-    from anna_embed.models import resolve
+    from anna_embed.model.weights import resolve
 
     tok = AutoTokenizer.from_pretrained(resolve(model))
     return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -141,7 +141,7 @@ def run_baseline(model: str, port: int) -> None:
     from fastapi import FastAPI
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.models import resolve
+    from anna_embed.model.weights import resolve
 
     st = SentenceTransformer(str(resolve(model)), device="cpu")
     app = FastAPI()

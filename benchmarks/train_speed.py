@@ -49,9 +49,8 @@ def run_ours(a: argparse.Namespace) -> dict[str, float]:
     from dataclasses import replace
 
     from anna_embed import config as C
-    from anna_embed.data import DataSource
-    from anna_embed.train import Trainer
-    from anna_embed.train_config import TrainConfig
+    from anna_embed.train.config import DataSource, TrainConfig
+    from anna_embed.train.loop import Trainer
 
     n = a.steps * a.batch_size
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +89,8 @@ def run_ours(a: argparse.Namespace) -> dict[str, float]:
 
 
 def _raw_pairs(a: argparse.Namespace, n: int) -> list[tuple[str, str]]:
-    from anna_embed.data import DataSource, load_records
+    from anna_embed.train.config import DataSource
+    from anna_embed.train.data import load_records
 
     recs = load_records(DataSource(a.data, task=a.task, max_records=4 * n))
     seen, out = set(), []
@@ -114,9 +114,10 @@ def run_st(a: argparse.Namespace) -> dict[str, float]:
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import TrainerCallback
 
-    from anna_embed.models import lora_target_modules, resolve
+    from anna_embed.model.weights import resolve
     from anna_embed.prompts import build_prompt
     from anna_embed.tasks import get_task
+    from anna_embed.train.lora import lora_target_modules
 
     n = a.steps * a.batch_size
     spec = get_task(a.task)

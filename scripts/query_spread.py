@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     emb = Embedder.from_pretrained(args.model, dtype="auto", max_length=args.max_length)
     with (args.data / "queries.jsonl").open(encoding="utf-8") as fh:

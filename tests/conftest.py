@@ -127,7 +127,8 @@ def tiny_tokenizer():
 @pytest.fixture
 def make_embedder(tiny_tokenizer) -> Callable[..., object]:
     """Factory: ``make_embedder(arch="llama", **config_overrides)`` -> a tiny random Embedder."""
-    from anna_embed.embedder import Embedder, EmbedderConfig
+    from anna_embed.model.config import EmbedderConfig
+    from anna_embed.model.embedder import Embedder
 
     def make(arch: str = "llama", tokenizer=None, **overrides):
         tok = tokenizer or tiny_tokenizer

@@ -10,9 +10,9 @@ import pytest
 
 from anna_embed import config as C
 from anna_embed.adapt import AdaptConfig, load_config, train_config
-from anna_embed.adapt_data import is_validation, prepare_data
-from anna_embed.embedder import resolve_dtype
+from anna_embed.adapt.data import is_validation, prepare_data
 from anna_embed.io import InputError
+from anna_embed.model.weights import resolve_dtype
 from conftest import build_bert_folder
 
 WORDS = [
@@ -85,7 +85,7 @@ def test_adapt_end_to_end(tiny: dict[str, Path], tmp_path: Path, monkeypatch: py
     from sentence_transformers import SentenceTransformer
 
     from anna_embed.cli import main
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     out = tmp_path / "out"
     args = ["adapt", "--model", str(tiny["model"]), "--train", str(tiny["beir"]), "--eval", str(tiny["beir"])]

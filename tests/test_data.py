@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from anna_embed.data import (
-    DataSource,
-    TrainingSet,
-    load_records,
-    plan_batches,
-)
 from anna_embed.io import InputError
 from anna_embed.prompts import build_prompt, query_prefix
+from anna_embed.train.batches import collate, plan_batches
+from anna_embed.train.config import DataSource
+from anna_embed.train.data import TrainingSet, load_records
 
 
 def _write(path: Path, rows: list[dict | str]) -> Path:
@@ -83,7 +80,7 @@ def test_unknown_task_with_type_and_instruction_is_accepted(tmp_path: Path) -> N
 
 def _set_with_duplicates() -> TrainingSet:
     """Records where some share a query or a positive (as climate-fever / trecqa do)."""
-    from anna_embed.data import parse_record
+    from anna_embed.train.data import parse_record
 
     rows = _mined(12)
     rows[1]["query"] = rows[0]["query"]  # same query, different positive
@@ -135,14 +132,15 @@ def test_plan_batches_are_task_homogeneous_and_seeded() -> None:
 @pytest.fixture
 def prompter(tiny_tokenizer):
     """The Embedder's prompt side (tokenizer + budgets) without a model."""
-    from anna_embed.embedder import Embedder, EmbedderConfig
+    from anna_embed.model.config import EmbedderConfig
+    from anna_embed.model.embedder import Embedder
 
     return Embedder(None, tiny_tokenizer, EmbedderConfig())
 
 
 def test_collate_builds_prompts_through_prompts_module(prompter) -> None:
     ts = _set_with_duplicates()
-    batch = ts.collate([3, 4], seed=0, epoch=2, group_size=2, max_shots=2, prompter=prompter)
+    batch = collate(ts, [3, 4], seed=0, epoch=2, group_size=2, max_shots=2, prompter=prompter)
     assert batch.in_batch and batch.task == "SciFact" and len(batch.documents) == 4
     for row, i in enumerate([3, 4]):
         shots = [
@@ -153,22 +151,28 @@ def test_collate_builds_prompts_through_prompts_module(prompter) -> None:
         assert batch.queries[row] == expected
         assert batch.documents[2 * row] == build_prompt(ts.records[i].positives[0], "document", "SciFact")
     with pytest.raises(ValueError, match="one task"):
-        TrainingSet([*ts.records[:2], *_set_other_task().records]).collate(
-            [0, 2], seed=0, epoch=0, group_size=1, max_shots=0, prompter=prompter
+        collate(
+            TrainingSet([*ts.records[:2], *_set_other_task().records]),
+            [0, 2],
+            seed=0,
+            epoch=0,
+            group_size=1,
+            max_shots=0,
+            prompter=prompter,
         )
     with pytest.raises(ValueError, match="prompter"):
-        ts.collate([3, 4], seed=0, epoch=2, group_size=2, max_shots=2)
+        collate(ts, [3, 4], seed=0, epoch=2, group_size=2, max_shots=2)
 
 
 def _set_other_task() -> TrainingSet:
-    from anna_embed.data import parse_record
+    from anna_embed.train.data import parse_record
 
     row = {"query": "text", "positive": "label", "label": "label", "task": "Banking77Classification"}
     return TrainingSet([parse_record(row, path=Path("mem"), line=1)])
 
 
 def test_classification_batches_use_group_only_and_answer_with_label(prompter) -> None:
-    from anna_embed.data import parse_record
+    from anna_embed.train.data import parse_record
 
     rows = [
         {
@@ -181,10 +185,10 @@ def test_classification_batches_use_group_only_and_answer_with_label(prompter) -
         for i in range(6)
     ]
     ts = TrainingSet([parse_record(r, path=Path("mem"), line=i + 1) for i, r in enumerate(rows)])
-    batch = ts.collate([0, 1, 2], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
+    batch = collate(ts, [0, 1, 2], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
     assert not batch.in_batch
-    assert ts.collate(
-        [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter, in_batch="always"
+    assert collate(
+        ts, [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter, in_batch="always"
     ).in_batch
     assert ts.records[4].response == "intent 1"
     # symmetric task: documents carry the instruction too
@@ -192,7 +196,7 @@ def test_classification_batches_use_group_only_and_answer_with_label(prompter) -
 
 
 def test_own_positive_mask_marks_every_copy_but_the_target() -> None:
-    from anna_embed.data import own_positive_mask
+    from anna_embed.train.batches import own_positive_mask
 
     positives = [("p0", "p0b"), ("p1",)]
     docs = ["p0", "x", "p1", "p1", "p0b", "y"]  # G = 3: query 0 owns 0..2, query 1 owns 3..5
@@ -208,7 +212,7 @@ def test_own_positive_mask_marks_every_copy_but_the_target() -> None:
 
 def test_collated_batch_carries_raw_documents_and_positives(prompter) -> None:
     ts = _set_with_duplicates()
-    batch = ts.collate([0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
+    batch = collate(ts, [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
     assert len(batch.doc_texts) == len(batch.documents) == 4 and batch.group_size == 2
     for prompt, raw in zip(batch.documents, batch.doc_texts, strict=True):
         assert prompt.endswith(raw)
@@ -222,7 +226,7 @@ def _teacher_file(path: Path, rows: list[dict], *, name: str = "bi:t", dim: int 
     """A ``NAME.teacher.npz`` for mined ``rows`` with a distinct random vector per text."""
     import numpy as np
 
-    from anna_embed.teachers import TeacherEmbeddings
+    from anna_embed.records import TeacherEmbeddings
 
     rng = np.random.default_rng(0)
     texts = list(dict.fromkeys(t for r in rows for t in r["pos"] + r["neg"]))
@@ -248,7 +252,7 @@ def test_collate_carries_the_teachers_vectors_of_the_batch(tmp_path: Path, promp
     teacher, vecs = _teacher_file(tmp_path / "m.teacher.npz", rows)
     ts = TrainingSet.from_sources([DataSource(str(data), teacher_embeddings=str(teacher))])
     assert ts.teacher == "bi:t"
-    batch = ts.collate([4, 1], seed=0, epoch=0, group_size=3, max_shots=0, prompter=prompter)
+    batch = collate(ts, [4, 1], seed=0, epoch=0, group_size=3, max_shots=0, prompter=prompter)
     assert batch.teacher_q_emb.shape == (2, 4) and batch.teacher_d_emb.shape == (6, 4)
     np.testing.assert_array_equal(batch.teacher_q_emb, np.stack([vecs[("q", 4)], vecs[("q", 1)]]))
     np.testing.assert_array_equal(batch.teacher_d_emb, np.stack([vecs[("d", t)] for t in batch.doc_texts]))
@@ -257,14 +261,14 @@ def test_collate_carries_the_teachers_vectors_of_the_batch(tmp_path: Path, promp
     ts_edited = TrainingSet.from_sources(
         [DataSource(str(_write(tmp_path / "e.jsonl", edited)), teacher_embeddings=str(teacher))]
     )
-    unseen = ts_edited.collate([0, 1], seed=0, epoch=0, group_size=4, max_shots=0, prompter=prompter)
+    unseen = collate(ts_edited, [0, 1], seed=0, epoch=0, group_size=4, max_shots=0, prompter=prompter)
     assert any(t.startswith("edited") for t in unseen.doc_texts)
     assert unseen.teacher_q_emb is None and unseen.teacher_d_emb is None
     # without a teacher file nothing changes
     plain = TrainingSet.from_sources([DataSource(str(data))])
     assert plain.teacher is None
     assert (
-        plain.collate([4, 1], seed=0, epoch=0, group_size=3, max_shots=0, prompter=prompter).teacher_q_emb
+        collate(plain, [4, 1], seed=0, epoch=0, group_size=3, max_shots=0, prompter=prompter).teacher_q_emb
         is None
     )
 

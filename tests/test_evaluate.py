@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from anna_embed.evaluate import resolve_tasks
-from anna_embed.evaluate_report import (
-    average_ranks,
-    borda,
-    leaderboard,
-    main_score,
-    mean_per_type,
-    mean_task,
-    mean_type,
-    min_ranks,
-)
+from anna_embed.evaluate.driver import resolve_tasks
+from anna_embed.evaluate.report import leaderboard, main_score
+from anna_embed.scores import average_ranks, borda, mean_per_type, mean_task, mean_type, min_ranks
 
 REFERENCE = Path("/work/shared/reference/mteb_eng_v2_all_models.json")
 
@@ -128,7 +120,7 @@ def test_leaderboard_ranks_result_folders(tmp_path):
 
 
 def test_task_table_marks_trained_tasks_and_missing_scores():
-    from anna_embed.evaluate_report import task_table
+    from anna_embed.scores import task_table
 
     scores = {
         "full": {"STS12": 50.0, "Banking77Classification": 12.5},

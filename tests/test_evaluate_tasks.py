@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anna_embed.evaluate_data import TaskFolderError, detect_type, load_task
+from anna_embed.evaluate.tasks import TaskFolderError, detect_type, load_task
 from anna_embed.io import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -31,7 +31,7 @@ ALL_TASKS = {
 
 @pytest.fixture
 def backend(make_embedder):
-    from anna_embed.evaluate_model import EmbedderBackend
+    from anna_embed.evaluate.adapter import EmbedderBackend
 
     return EmbedderBackend.wrap(make_embedder("llama"), model_id="tiny-llama-test")
 
@@ -127,7 +127,7 @@ def test_prompt_too_long_for_max_length_fails_before_any_encoding(tmp_path, back
 
 
 def test_cached_vectors_equal_fresh_ones(tmp_path, backend):
-    from anna_embed.evaluate_model import EmbeddingCache, EvalEncoder
+    from anna_embed.evaluate.adapter import EmbeddingCache, EvalEncoder
 
     texts = ["A man plays guitar.", "Cats sleep.", "A man plays guitar."]
     enc = EvalEncoder(backend, tasks={}, cache=EmbeddingCache(tmp_path / "c.sqlite"), show_progress=False)
@@ -140,7 +140,7 @@ def test_cached_vectors_equal_fresh_ones(tmp_path, backend):
 
 
 def test_prefix_depends_on_role_and_task(backend):
-    from anna_embed.evaluate_model import EvalEncoder
+    from anna_embed.evaluate.adapter import EvalEncoder
 
     enc = EvalEncoder(backend, tasks={}, examples={"SciFact": [("q", "d")]}, show_progress=False)
     q = enc.prefix("SciFact", "Retrieval", "query")
@@ -288,7 +288,7 @@ MTEB_DATA = Path(os.environ.get("ANNA_EMBED_MTEB_DATA", "/work/shared/data/mteb"
 def test_minilm_reproduces_the_published_sts17_score(tmp_path):
     """all-MiniLM-L6-v2 on STS17 en-en (250 pairs): published 87.59 (mteb_published_scores.json)."""
     from anna_embed.evaluate import run_eval
-    from anna_embed.models import ModelNotAvailableError
+    from anna_embed.model.weights import ModelNotAvailableError
 
     try:
         run = run_eval(

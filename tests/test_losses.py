@@ -8,14 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anna_embed.losses import (
-    distill_kl,
-    embedding_loss,
-    gather_with_grad,
-    grad_cache_backward,
-    group_scores,
-    info_nce,
-)
+from anna_embed.train.gradcache import gather_with_grad, grad_cache_backward
+from anna_embed.train.losses import distill_kl, embedding_loss, group_scores, info_nce
 
 
 def test_info_nce_hand_computed() -> None:

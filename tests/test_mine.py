@@ -15,16 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anna_embed import mine, search
+from anna_embed import mine
 from anna_embed.io import InputError
-from anna_embed.mine import (
-    MineConfig,
-    load_training,
-    margin_filter,
-    normalise_scores,
-    select_negatives,
-)
-from anna_embed.search import build_index, reciprocal_rank_fusion
+from anna_embed.mine import cli as mine_cli
+from anna_embed.mine import driver, search
+from anna_embed.mine.config import MineConfig
+from anna_embed.mine.filter import margin_filter, normalise_scores, select_negatives
+from anna_embed.mine.inputs import load_corpus, load_training
+from anna_embed.mine.search import build_index, reciprocal_rank_fusion
 
 FIX = Path(__file__).parent / "fixtures" / "mine"
 _spec = importlib.util.spec_from_file_location("fake_teachers", FIX / "fake_teachers.py")
@@ -254,7 +252,8 @@ def _run(tmp_path: Path, name: str, cfg: MineConfig = CFG, **kw):
 def test_a_users_own_task_keeps_its_type_so_training_can_read_the_records(tmp_path):
     """Records of a task the registry lacks carry ``type`` and ``instruction`` (as ``convert`` writes them);
     mining keeps both, so :func:`anna_embed.data.load_records` accepts the output."""
-    from anna_embed.data import DataSource, load_records
+    from anna_embed.train.config import DataSource
+    from anna_embed.train.data import load_records
 
     rows = [json.loads(x) for x in (FIX / "train.jsonl").read_text().splitlines()]
     own = [
@@ -369,7 +368,7 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, stage, shard):
     retriever, reranker = fake.FakeRetriever(), fake.FakeReranker()
     _run(tmp_path, "resumed", cache_dir=cache, retriever=retriever, reranker=reranker)
     assert out.read_bytes() == reference.read_bytes()
-    n_docs = len(mine.load_corpus(FIX / "corpus.jsonl"))
+    n_docs = len(load_corpus(FIX / "corpus.jsonl"))
     if stage == "corpus":
         assert retriever.documents_encoded == n_docs - (shard + 1) * CFG.shard_size
     else:
@@ -396,7 +395,7 @@ mine.run(mine.{CFG!r}, {str(FIX / "train.jsonl")!r}, {str(out)!r},
          corpus={str(FIX / "corpus.jsonl")!r}, retriever=fake.FakeRetriever(),
          reranker=fake.FakeReranker(), cache_dir={str(cache)!r}, on_progress=hook)
 """
-    env = dict(os.environ, PYTHONPATH=str(Path(mine.__file__).parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(mine.__file__).parents[2]))
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
@@ -424,9 +423,9 @@ def test_cli_flags_become_config_overrides(tmp_path, monkeypatch):
         seen.update(cfg=cfg, train=train, out=out, **kw)
         return {"summary": ["ok"]}
 
-    monkeypatch.setattr(mine, "run", fake_run)
+    monkeypatch.setattr(driver, "run", fake_run)
     parser = argparse.ArgumentParser()
-    main = mine.add_cli("mine", parser)
+    main = mine_cli.add_cli("mine", parser)
     args = parser.parse_args(
         [
             "--train",
@@ -469,7 +468,8 @@ class _BowEncoder:
 
 
 def test_teacher_embeddings_beside_the_output_reproduce_its_soft_labels(tmp_path):
-    from anna_embed.teachers import BiEncoder, TeacherEmbeddings
+    from anna_embed.mine.teachers import BiEncoder
+    from anna_embed.records import TeacherEmbeddings
 
     cfg = replace(CFG, teacher_embeddings=True)
     out, manifest, _, _ = _run(tmp_path, "te", cfg, reranker=BiEncoder(_BowEncoder(), name="bi:bow"))
@@ -497,8 +497,8 @@ class _CountingBow(_BowEncoder):
 
 def test_one_bi_encoder_as_retriever_and_reranker_encodes_the_corpus_once(tmp_path, monkeypatch):
     """Same ``bi:NAME`` in both roles: one model, its corpus vectors reused; same bytes as two models."""
-    from anna_embed import teachers
-    from anna_embed.teachers import BiEncoder
+    from anna_embed.mine import teachers
+    from anna_embed.mine.teachers import BiEncoder
 
     cfg = replace(CFG, retriever="bi:bow", reranker="bi:bow", teacher_embeddings=True)
     shared = _CountingBow()
@@ -544,7 +544,7 @@ def test_one_bi_encoder_as_retriever_and_reranker_encodes_the_corpus_once(tmp_pa
 )
 def test_same_bi_encoder(retriever, reranker, lengths, same):
     cfg = replace(CFG, retriever=retriever, reranker=reranker, max_length=lengths[0])
-    assert mine._same_bi_encoder(replace(cfg, reranker_max_length=lengths[1])) is same
+    assert driver._same_bi_encoder(replace(cfg, reranker_max_length=lengths[1])) is same
 
 
 def test_teacher_embeddings_need_a_bi_encoder_reranker(tmp_path):
@@ -555,8 +555,8 @@ def test_teacher_embeddings_need_a_bi_encoder_reranker(tmp_path):
 
 def test_cli_teacher_embeddings_flag(monkeypatch):
     seen = {}
-    monkeypatch.setattr(mine, "run", lambda cfg, train, out, **kw: seen.update(cfg=cfg) or {"summary": []})
+    monkeypatch.setattr(driver, "run", lambda cfg, train, out, **kw: seen.update(cfg=cfg) or {"summary": []})
     parser = argparse.ArgumentParser()
-    main = mine.add_cli("mine", parser)
+    main = mine_cli.add_cli("mine", parser)
     assert main(parser.parse_args(["--train", "t.jsonl", "--out", "o.jsonl", "--teacher-embeddings"])) == 0
     assert seen["cfg"].teacher_embeddings is True

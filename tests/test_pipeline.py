@@ -9,16 +9,9 @@ import pytest
 
 from anna_embed import config as C
 from anna_embed.io import read_jsonl
-from anna_embed.pipeline import (
-    DEMO_CONFIG,
-    PipelineConfig,
-    SourceSpec,
-    Stage,
-    _prepare,
-    demo_path,
-    mines,
-    run,
-)
+from anna_embed.pipeline import DEMO_CONFIG, PipelineConfig, SourceSpec, demo_path, run
+from anna_embed.pipeline.data import mines, prepare_sources
+from anna_embed.stage import Stage
 
 
 def test_demo_config_round_trips_through_the_config_mechanism():
@@ -46,7 +39,7 @@ def test_stage_marker_skips_only_on_matching_fingerprint(tmp_path):
 
 def test_prepare_turns_each_source_kind_into_records(tmp_path):
     cfg = replace(DEMO_CONFIG, sources=tuple(replace(s, max_records=20) for s in DEMO_CONFIG.sources))
-    out = _prepare(cfg, Stage(tmp_path, "data", "f", force=False))
+    out = prepare_sources(cfg, Stage(tmp_path, "data", "f", force=False))
     # QNLI pairs are mined; SNLI keeps its curated contradiction; classification is never mined
     assert [o["mine"] for o in out] == [True, False, False]
     assert out[1]["curated_negatives"]["negatives"] > 0
@@ -56,7 +49,7 @@ def test_prepare_turns_each_source_kind_into_records(tmp_path):
     bank = read_jsonl(out[2]["path"])
     assert all(r["type"] == "Classification" and r["negative"] for r in bank)
     with pytest.raises(ValueError, match="give its task"):
-        _prepare(
+        prepare_sources(
             replace(cfg, sources=(SourceSpec("demo:train/qnli.jsonl"),)),
             Stage(tmp_path, "d2", "f", force=False),
         )
@@ -109,8 +102,8 @@ def test_tiny_pipeline_end_to_end_and_rerun_skips(make_embedder, tmp_path):
 
 
 def test_batch_scope_soft_labels_get_the_mined_teacher_vectors(make_embedder, tmp_path):
-    from anna_embed.teachers import TeacherEmbeddings
-    from anna_embed.train_config import TrainConfig
+    from anna_embed.records import TeacherEmbeddings
+    from anna_embed.train.config import TrainConfig
 
     cfg = _tiny_config(
         make_embedder, tmp_path, "train.loss.distill_scope=batch", "eval.teacher=", "eval.limit=4"

@@ -29,12 +29,16 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from anna_embed import serve  # noqa: E402
 from anna_embed.cli import COMMANDS, main  # noqa: E402
 from anna_embed.config import ConfigError  # noqa: E402
-from anna_embed.embedder import Embedder, EmbedderConfig  # noqa: E402
-from anna_embed.serve_batcher import Batcher, Job, PrefixCache, PromptSpec, plan_batches  # noqa: E402
-from anna_embed.serve_metrics import ServeMetrics  # noqa: E402
+from anna_embed.model.config import EmbedderConfig  # noqa: E402
+from anna_embed.model.embedder import Embedder  # noqa: E402
+from anna_embed.serve.api import API_KEYS_ENV, read_api_keys  # noqa: E402
+from anna_embed.serve.app import create_app  # noqa: E402
+from anna_embed.serve.batcher import Batcher, Job, PrefixCache, PromptSpec, plan_batches  # noqa: E402
+from anna_embed.serve.cli import add_cli, bind, load_config  # noqa: E402
+from anna_embed.serve.config import ServeConfig  # noqa: E402
+from anna_embed.serve.metrics import ServeMetrics  # noqa: E402
 from anna_embed.tasks import sample_examples  # noqa: E402
 
 TEXTS = [
@@ -85,7 +89,7 @@ def running(app, *, wait_ready: bool = True) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a random loopback port in a thread; yields the base URL."""
     import uvicorn
 
-    sock = serve.bind("127.0.0.1", 0)
+    sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -108,9 +112,7 @@ def make_app(folder: Path, *, keys: tuple[str, ...] = (), wrap: Callable | None 
         emb = Embedder.from_pretrained(folder, device="cpu")
         return wrap(emb) if wrap else emb
 
-    return serve.create_app(
-        serve.ServeConfig(model=str(folder), served_name=NAME, **cfg), load=load, api_keys=keys
-    )
+    return create_app(ServeConfig(model=str(folder), served_name=NAME, **cfg), load=load, api_keys=keys)
 
 
 def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None):
@@ -447,7 +449,7 @@ def test_a_model_that_fails_to_load_is_reported_and_stops_the_server():
     def load() -> Embedder:
         raise FileNotFoundError("no such model folder")
 
-    app = serve.create_app(serve.ServeConfig(model="missing"), load=load, on_fatal=fatal.append)
+    app = create_app(ServeConfig(model="missing"), load=load, on_fatal=fatal.append)
     with running(app, wait_ready=False) as url:
         _wait_for(lambda: bool(fatal))
         status, _, body = get(url + "/health")
@@ -482,8 +484,8 @@ def test_metrics_are_prometheus_text(decoder_folder):
 def test_api_keys_from_file_and_env_with_the_openai_client(minilm_folder, tmp_path, monkeypatch, caplog):
     key_file = tmp_path / "keys.txt"
     key_file.write_text("# serving keys\nsk-file-123\n\n")
-    monkeypatch.setenv(serve.API_KEYS_ENV, "sk-env-456, ")
-    keys = serve.read_api_keys(key_file)
+    monkeypatch.setenv(API_KEYS_ENV, "sk-env-456, ")
+    keys = read_api_keys(key_file)
     assert keys == ["sk-env-456", "sk-file-123"]
     caplog.set_level("INFO")
     with running(make_app(minilm_folder, keys=tuple(keys))) as url:
@@ -502,7 +504,7 @@ def test_api_keys_from_file_and_env_with_the_openai_client(minilm_folder, tmp_pa
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
     with pytest.raises(ValueError, match="no API key"):
-        serve.read_api_keys(empty)
+        read_api_keys(empty)
 
 
 def test_without_keys_any_client_is_served(decoder_url):
@@ -513,18 +515,18 @@ def test_without_keys_any_client_is_served(decoder_url):
 def test_bound_socket_says_tcp_so_answers_are_not_delayed():
     # asyncio disables Nagle's algorithm only on sockets whose protocol is TCP; a socket made without it
     # (socket.create_server) made every answer wait ~40 ms for the client's delayed ACK.
-    with serve.bind("127.0.0.1", 0) as sock:
+    with bind("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
 
 
 def test_cli_verb_and_config_precedence(tmp_path):
-    assert COMMANDS["serve"][0] == "anna_embed.serve"
+    assert COMMANDS["serve"][0] == "anna_embed.serve.cli"
     toml = tmp_path / "serve.toml"
     toml.write_text('model = "from-file"\nport = 9000\nmax_queue = 7\nprefix_cache = false\n')
     parser = argparse.ArgumentParser()
-    serve.add_cli("serve", parser)
+    add_cli("serve", parser)
     args = parser.parse_args(["--config", str(toml), "--set", "max_queue=9", "--port", "0"])
-    cfg = serve.load_config(args)
+    cfg = load_config(args)
     assert (cfg.model, cfg.port, cfg.max_queue, cfg.prefix_cache, cfg.host) == (
         "from-file",
         0,
@@ -533,9 +535,9 @@ def test_cli_verb_and_config_precedence(tmp_path):
         "127.0.0.1",
     )
     with pytest.raises(ValueError, match="--model is required"):
-        serve.load_config(parser.parse_args([]))
+        load_config(parser.parse_args([]))
     with pytest.raises(ConfigError, match="max_queue"):
-        serve.load_config(parser.parse_args(["--model", "m", "--set", "max_queue=0"]))
+        load_config(parser.parse_args(["--model", "m", "--set", "max_queue=0"]))
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(decoder_folder, tmp_path):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from anna_embed import teachers
-from anna_embed.teachers import BiEncoder, CrossEncoderReranker, LLMJudgeReranker, parse_spec
+from anna_embed.mine import teachers
+from anna_embed.mine.rerankers import CrossEncoderReranker, LLMJudgeReranker
+from anna_embed.mine.teachers import BiEncoder, parse_spec
+from anna_embed.records import TeacherEmbeddings, teacher_embeddings_path
 
 WORDS = [
     "the",
@@ -235,7 +237,7 @@ def _modules(folder, types: list[str], pooling: dict | None = None):
 
 
 def test_sentence_transformers_only_names_what_the_embedder_would_drop(tmp_path):
-    from anna_embed.embedder import sentence_transformers_only
+    from anna_embed.model.folder import sentence_transformers_only
 
     legacy = ["sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling"]
     mean = {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False, "include_prompt": True}
@@ -295,7 +297,7 @@ def tiny_st_folder(tmp_path_factory):
 def test_st_only_folder_is_a_teacher_with_its_own_prompts(tiny_st_folder):
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.teachers import SentenceTransformerEncoder
+    from anna_embed.mine.teachers import SentenceTransformerEncoder
 
     queries = ["how do caves form", "the cat"]
     docs = ["A glacier cave is formed in the ice.", "The cat sat on the mat.", "Stock prices fell."]
@@ -334,7 +336,8 @@ def test_bf16_teacher_is_named_apart_and_close_to_float32(tiny_st_folder):
 
 
 def test_embedder_refuses_an_st_only_folder_with_a_pointer_to_teachers(tiny_st_folder):
-    from anna_embed.embedder import Embedder, SentenceTransformersOnlyError
+    from anna_embed.model.embedder import Embedder
+    from anna_embed.model.folder import SentenceTransformersOnlyError
 
     with pytest.raises(SentenceTransformersOnlyError, match=r"Dense.*bi:NAME"):
         Embedder.from_pretrained(tiny_st_folder)
@@ -365,9 +368,9 @@ def test_teacher_embeddings_round_trip_and_come_from_the_teachers_cache(tmp_path
     assert len(enc.seen) - seen == 2 + 3  # new: q1 twice (two prompts); c, d, "é ü" (q2, a, b cached)
     docs = {(t, x): v for t, x, v in zip(te.document_tasks, te.document_texts, te.document_emb, strict=True)}
     assert te.query_emb[1] @ docs[("SciFact", "b")] == pytest.approx(scores[0], abs=1e-6)
-    path = teachers.teacher_embeddings_path(tmp_path / "mined.jsonl")
+    path = teacher_embeddings_path(tmp_path / "mined.jsonl")
     assert path.name == "mined.teacher.npz"
-    back = teachers.TeacherEmbeddings.load(te.save(path))
+    back = TeacherEmbeddings.load(te.save(path))
     assert back.query_texts == te.query_texts and back.document_texts == te.document_texts
     assert back.document_tasks == te.document_tasks and back.teacher == te.teacher
     np.testing.assert_array_equal(back.query_emb, te.query_emb)
@@ -376,7 +379,7 @@ def test_teacher_embeddings_round_trip_and_come_from_the_teachers_cache(tmp_path
 
 @pytest.mark.integration
 def test_offline_embeddinggemma_teacher_ranks_the_relevant_document_first():
-    from anna_embed.models import is_provisioned
+    from anna_embed.model.weights import is_provisioned
 
     if not is_provisioned("embeddinggemma-300m"):
         pytest.skip("anna-embed models pull embeddinggemma-300m first")

@@ -15,16 +15,13 @@ import pytest
 import torch
 
 from anna_embed import config as C
-from anna_embed.data import DataSource, TrainingSet, load_records
 from anna_embed.tasks import get_task
-from anna_embed.train import (
-    Trainer,
-    TrainingDivergedError,
-    latest_checkpoint,
-    lr_factor,
-    train,
-)
-from anna_embed.train_config import LoraSection, TrainConfig
+from anna_embed.train.batches import collate
+from anna_embed.train.checkpoint import latest_checkpoint
+from anna_embed.train.config import DataSource, LoraSection, TrainConfig
+from anna_embed.train.data import TrainingSet, load_records
+from anna_embed.train.loop import Trainer, TrainingDivergedError, train
+from anna_embed.train.schedule import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -171,7 +168,7 @@ def test_lr_schedule() -> None:
 def test_tiny_run_end_to_end(tiny: dict[str, Path], tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     cfg = _cfg(tiny, tmp_path / "run", "run.eval_every=5", f"run.eval_file={tiny['sts']}")
     base = Embedder.from_pretrained(tiny["model"], dtype="float32", device="cpu")
@@ -249,7 +246,7 @@ def test_kill_and_resume_reaches_same_weights(tiny: dict[str, Path], tmp_path: P
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypatch) -> None:
-    import anna_embed.losses as L
+    import anna_embed.train.losses as L
 
     real = L.embedding_loss
     calls = {"n": 0}
@@ -269,7 +266,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, tmp_path, monkeypat
 
 def _step_grads(cfg: TrainConfig) -> tuple[float, dict[str, torch.Tensor]]:
     trainer = Trainer(cfg)
-    batch = trainer.data.collate(
+    batch = collate(
+        trainer.data,
         list(range(4)),
         seed=0,
         epoch=0,
@@ -366,7 +364,7 @@ def _capturing_embedder(model: Path) -> tuple[Any, list[str], list[list[int]]]:
     """A tiny Embedder whose encode records the strings and token ids it would embed."""
     import numpy as np
 
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     emb = Embedder.from_pretrained(model, dtype="float32", device="cpu")
     strings: list[str] = []
@@ -392,9 +390,9 @@ def _unpadded(emb: Any, texts: list[str], extra: list[int]) -> list[list[int]]:
 def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny: dict[str, Path]) -> None:
     from mteb.types import PromptType
 
-    from anna_embed.evaluate_model import EmbedderBackend, EvalEncoder
-    from anna_embed.tokenization import CLIP_MARK
-    from anna_embed.train_report import prompt_counts
+    from anna_embed.evaluate.adapter import EmbedderBackend, EvalEncoder
+    from anna_embed.model.tokenization import CLIP_MARK
+    from anna_embed.train.report import prompt_counts
 
     emb, seen, seen_ids = _capturing_embedder(tiny["model"])
     ts = TrainingSet(load_records(DataSource(str(tiny["data"]))))
@@ -405,7 +403,7 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
     dropped = clipped = 0
     for epoch in range(4):
         idx = [0, 5, 9]
-        batch = ts.collate(idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb)
+        batch = collate(ts, idx, seed=1, epoch=epoch, group_size=2, max_shots=3, prompter=emb)
         dropped += batch.examples_dropped
         clipped += sum(CLIP_MARK in q for q in batch.queries)
         counts = prompt_counts(emb, batch)
@@ -429,8 +427,8 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
 
 @pytest.mark.parametrize("task", ["STSBenchmark", "Banking77Classification"])
 def test_symmetric_documents_get_the_eval_prompt(tiny: dict[str, Path], task: str) -> None:
-    from anna_embed.data import parse_record
-    from anna_embed.evaluate_model import EmbedderBackend, EvalEncoder
+    from anna_embed.evaluate.adapter import EmbedderBackend, EvalEncoder
+    from anna_embed.train.data import parse_record
 
     emb, seen, seen_ids = _capturing_embedder(tiny["model"])
     rows = [r for r in _records() if r["task"] == task] or [
@@ -440,7 +438,7 @@ def test_symmetric_documents_get_the_eval_prompt(tiny: dict[str, Path], task: st
     with_shots = 0
     for epoch in range(3):
         idx = [0, 3, 6]
-        batch = ts.collate(idx, seed=2, epoch=epoch, group_size=2, max_shots=2, prompter=emb)
+        batch = collate(ts, idx, seed=2, epoch=epoch, group_size=2, max_shots=2, prompter=emb)
         trained = _unpadded(emb, batch.documents, batch.document_extra)
         for row, i in enumerate(idx):
             shots = [
@@ -492,9 +490,8 @@ _TWO_PROC = r"""
 import json, sys
 from dataclasses import replace
 from anna_embed import config as C
-from anna_embed.data import DataSource
-from anna_embed.train import train
-from anna_embed.train_config import TrainConfig
+from anna_embed.train.config import DataSource, TrainConfig
+from anna_embed.train.loop import train
 cfg = C.load(TrainConfig, sys.argv[1])
 train(replace(cfg, data=replace(cfg.data, sources=(DataSource(sys.argv[2]),))))
 """
@@ -556,7 +553,7 @@ def test_train_config_loads_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, anna_embed.train_config; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, anna_embed.train.config; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -600,8 +597,8 @@ def test_curriculum_trains_in_batch_only_before_hard_negatives_after(
 
 def _plain_token_counts(tiny: dict[str, Path], cfg: TrainConfig, steps: int) -> list[int]:
     """Oracle: non-pad tokens of each step's queries and documents, by a plain loop over the batch plan."""
-    from anna_embed.data import plan_batches
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
+    from anna_embed.train.batches import plan_batches
 
     m, d = cfg.model, cfg.data
     emb = Embedder.from_pretrained(tiny["model"], dtype="float32", max_length=m.max_length, device="cpu")
@@ -616,8 +613,14 @@ def _plain_token_counts(tiny: dict[str, Path], cfg: TrainConfig, steps: int) -> 
     for step in range(steps):
         epoch, i = divmod(step, per_epoch)
         idx = plan_batches(names, batch_size=bs, seed=cfg.run.seed, epoch=epoch)[i]
-        b = ts.collate(
-            idx, seed=cfg.run.seed, epoch=epoch, group_size=d.group_size, max_shots=d.max_shots, prompter=emb
+        b = collate(
+            ts,
+            idx,
+            seed=cfg.run.seed,
+            epoch=epoch,
+            group_size=d.group_size,
+            max_shots=d.max_shots,
+            prompter=emb,
         )
         texts = [
             *zip(b.queries, b.query_extra, strict=True),
@@ -728,7 +731,7 @@ def _teacher_npz(tiny: dict[str, Path], path: Path) -> Path:
     """Random unit teacher vectors for every query and text of the tiny data (a stand-in for mining's)."""
     import numpy as np
 
-    from anna_embed.teachers import TeacherEmbeddings
+    from anna_embed.records import TeacherEmbeddings
 
     rows = [json.loads(x) for x in tiny["data"].read_text().splitlines()]
     docs = list(dict.fromkeys((r["task"], t) for r in rows for t in r["pos"] + r["neg"]))
@@ -764,8 +767,8 @@ def test_batch_distill_scope_covers_the_batch_and_keeps_group_only_types(
         cfg = _cfg(tiny, tmp_path / scope, "lora.dropout=0.0", f"loss.distill_scope={scope}")
         trainer = Trainer(_with_teacher(cfg, tiny["data"], teacher))
         kw = dict(seed=0, epoch=0, group_size=2, max_shots=2, prompter=trainer.emb)
-        retrieval = trainer.data.collate([0, 1, 2, 3], **kw)  # SciFact: in-batch negatives
-        labels = trainer.data.collate([16, 17, 18, 19], **kw)  # Banking77: group-only
+        retrieval = collate(trainer.data, [0, 1, 2, 3], **kw)  # SciFact: in-batch negatives
+        labels = collate(trainer.data, [16, 17, 18, 19], **kw)  # Banking77: group-only
         assert retrieval.in_batch and retrieval.teacher_d_emb.shape == (8, 8) and not labels.in_batch
         outs[scope] = (trainer._train_step(retrieval), trainer._train_step(labels))
     (group_r, group_l), (batch_r, batch_l) = outs["group"], outs["batch"]
@@ -793,9 +796,8 @@ _TWO_PROC_TEACHER = r"""
 import sys
 from dataclasses import replace
 from anna_embed import config as C
-from anna_embed.data import DataSource
-from anna_embed.train import train
-from anna_embed.train_config import TrainConfig
+from anna_embed.train.config import DataSource, TrainConfig
+from anna_embed.train.loop import train
 cfg = C.load(TrainConfig, sys.argv[1])
 src = DataSource(sys.argv[2], teacher_embeddings=sys.argv[3])
 train(replace(cfg, data=replace(cfg.data, sources=(src,))))

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from anna_embed import config as C
-from anna_embed.data import DataSource
-from anna_embed.train import Trainer, latest_checkpoint, resolve_lora, train
-from anna_embed.train_config import LoraSection, TrainConfig
+from anna_embed.train.batches import collate
+from anna_embed.train.checkpoint import latest_checkpoint
+from anna_embed.train.config import DataSource, LoraSection, TrainConfig
+from anna_embed.train.loop import Trainer, train
+from anna_embed.train.lora import resolve_lora
 from conftest import build_backbone, build_bert_folder, build_tokenizer
 
 TOPICS = ["cell", "protein", "gene", "virus", "cancer", "drug", "trial", "mouse", "blood", "brain", "heart"]
@@ -77,7 +79,7 @@ def _collate(trainer: Trainer, indices: list[int]) -> Any:
     """Records ``indices`` as the trainer collates them (its instructions setting, no shots)."""
     emb = trainer.emb
     kw = dict(seed=0, epoch=0, group_size=3, max_shots=0, instructions=emb.config.use_instructions)
-    return trainer.data.collate(indices, prompter=emb, **kw)
+    return collate(trainer.data, indices, prompter=emb, **kw)
 
 
 def _fixed_batch_loss(trainer: Trainer) -> float:
@@ -144,7 +146,7 @@ def test_encoder_training_lowers_the_loss_and_exports_to_sentence_transformers(
 ) -> None:
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     base = SentenceTransformer(str(bert["model"]), device="cpu").encode(PROBE)
     trainer = Trainer(_cfg(bert, tmp_path / "run", "optim.max_steps=12"))
@@ -311,7 +313,7 @@ def test_cls_pooling_folder_keeps_its_pooling(tmp_path: Path) -> None:
     sentence-transformers computes."""
     from sentence_transformers import SentenceTransformer
 
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
     folder = build_bert_folder(tmp_path, PROBE, pooling="cls", max_seq_length=16)
     emb = Embedder.from_pretrained(folder, device="cpu")
@@ -324,9 +326,8 @@ _TWO_PROC = r"""
 import sys
 from dataclasses import replace
 from anna_embed import config as C
-from anna_embed.data import DataSource
-from anna_embed.train import train
-from anna_embed.train_config import TrainConfig
+from anna_embed.train.config import DataSource, TrainConfig
+from anna_embed.train.loop import train
 cfg = C.load(TrainConfig, sys.argv[1])
 train(replace(cfg, data=replace(cfg.data, sources=(DataSource(sys.argv[2]),))))
 """

@@ -9,7 +9,7 @@ __all__ = ["Embedder", "__version__"]
 
 def __getattr__(name: str):  # lazy: importing the package must not import torch
     if name == "Embedder":
-        from anna_embed.embedder import Embedder
+        from anna_embed.model.embedder import Embedder
 
         return Embedder
     raise AttributeError(name)

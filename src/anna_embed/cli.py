@@ -1,8 +1,8 @@
 """``anna-embed``: argument parsing and dispatch only.
 
-Each verb lives in the module of its stage, which exposes
-``add_cli(verb, parser) -> run(args) -> int``. Only the chosen verb's module is imported, so
-``anna-embed --help`` stays fast.
+Each verb lives in the ``cli`` module of its stage's package (or in its own module: ``encode``,
+``convert``), which exposes ``add_cli(verb, parser) -> run(args) -> int``. Only the chosen verb's module is
+imported, so ``anna-embed --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,17 +14,20 @@ import sys
 
 #: verb -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("anna_embed.models", "list or pull the offline models (short names)"),
+    "models": ("anna_embed.model.cli", "list or pull the offline models (short names)"),
     "encode": ("anna_embed.encode", "embed a .jsonl/.txt file into a .npy (+ ids)"),
-    "eval": ("anna_embed.evaluate", "evaluate a model on MTEB tasks from local folders"),
-    "leaderboard": ("anna_embed.evaluate", "rank result folders by Borda count"),
-    "mine": ("anna_embed.mine", "mine hard negatives with teacher soft labels"),
+    "eval": ("anna_embed.evaluate.cli", "evaluate a model on MTEB tasks from local folders"),
+    "leaderboard": ("anna_embed.evaluate.cli", "rank result folders by Borda count"),
+    "mine": ("anna_embed.mine.cli", "mine hard negatives with teacher soft labels"),
     "convert": ("anna_embed.convert", "turn classification/clustering/STS/NLI data into training records"),
-    "train": ("anna_embed.train", "train the embedder (LoRA contrastive + distillation)"),
-    "pipeline": ("anna_embed.pipeline", "mine -> train -> evaluate from one config"),
-    "adapt": ("anna_embed.adapt", "adapt a model to a corpus: teacher mining, training, scores before/after"),
-    "demo": ("anna_embed.pipeline", "the end-to-end demo on the embedded defaults"),
-    "serve": ("anna_embed.serve", "serve a model over an OpenAI-compatible HTTP API"),
+    "train": ("anna_embed.train.cli", "train the embedder (LoRA contrastive + distillation)"),
+    "pipeline": ("anna_embed.pipeline.cli", "mine -> train -> evaluate from one config"),
+    "adapt": (
+        "anna_embed.adapt.cli",
+        "adapt a model to a corpus: teacher mining, training, scores before/after",
+    ),
+    "demo": ("anna_embed.pipeline.cli", "the end-to-end demo on the embedded defaults"),
+    "serve": ("anna_embed.serve.cli", "serve a model over an OpenAI-compatible HTTP API"),
 }
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -33,7 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from anna_embed.io import InputError, atomic_write, iter_jsonl
+from anna_embed.io import InputError, iter_jsonl, write_jsonl
+from anna_embed.tasks import find_task
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,10 @@ def document_text(rec: dict[str, Any]) -> str:
 
 def _task_fields(task: str, type_: str, instruction: str | None) -> Record:
     """``task``/``type`` (+ ``instruction``), checked against the registry."""
-    from anna_embed.tasks import UnknownTaskError, get_task
-
-    try:
-        spec = get_task(task)
-    except UnknownTaskError:
+    spec = find_task(task)
+    if spec is None:
         if instruction is None:
-            raise ValueError(f"task {task!r} is not registered: give an instruction for it") from None
+            raise ValueError(f"task {task!r} is not registered: give an instruction for it")
         return {"task": task, "type": type_, "instruction": instruction}
     if spec.type != type_:
         raise ValueError(f"task {spec.name!r} is a {spec.type} task, not {type_}")
@@ -264,16 +261,6 @@ def pair_records(
         yield out | fields
 
 
-def write_records(records: Iterator[Record], out: str | Path) -> int:
-    """Write records as JSONL, atomically; returns how many."""
-    n = 0
-    with atomic_write(out) as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
 def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     """Register ``anna-embed convert KIND``."""
     kinds = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -330,7 +317,7 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
             )
         else:
             records = pair_records(args.input, task=args.task, type_=args.type_, instruction=args.instruction)
-        n = write_records(records, args.out)
+        n = write_jsonl(args.out, records)
         logger.info("convert %s: %d records -> %s", args.kind, n, args.out)
         return 0
 

@@ -19,7 +19,7 @@ from anna_embed.io import InputError, atomic_write, iter_jsonl, iter_text_lines,
 from anna_embed.tasks import DEFAULT_SHOT_SEED
 
 if TYPE_CHECKING:
-    from anna_embed.embedder import Embedder
+    from anna_embed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32")
 
     def run(args: argparse.Namespace) -> int:
-        from anna_embed.embedder import Embedder
+        from anna_embed.model.embedder import Embedder
         from anna_embed.tasks import few_shot_pool, get_task, sample_examples
 
         total = sum(1 for _ in iter_inputs(args.input))  # validate the whole file before loading anything

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -165,8 +165,13 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
         fh.write("\n")
 
 
-def write_jsonl(path: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> None:
-    """Write JSONL atomically."""
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
+    """Write records as JSONL (one ``json.dumps(record, ensure_ascii=False)`` per line), atomically;
+    returns how many. ``records`` may be a generator: it is consumed as the file is written, and an
+    error it raises leaves no file behind (and any previous one untouched)."""
+    n = 0
     with atomic_write(path) as fh:
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n

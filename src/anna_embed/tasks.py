@@ -339,14 +339,16 @@ class UnknownTaskError(KeyError):
         return str(self.args[0])
 
 
-def get_task(name: str) -> TaskSpec:
-    """Return the registry entry for ``name``.
+def find_task(name: str) -> TaskSpec | None:
+    """The registry entry for ``name``, or None when the registry does not know it.
+
+    The one fallback policy for unknown names, in three forms: :func:`find_task` where an unknown name
+    means "a task of the user's own" (None), :func:`task_or_custom` where it becomes an unregistered
+    :class:`TaskSpec`, :func:`get_task` where it is an error.
 
     Args:
-        name: An MTEB task name (``"SciFact"``), a local folder name (``"SummEval"``) or a training-set name.
-
-    Raises:
-        UnknownTaskError: The name is unknown; the message lists the closest known names.
+        name: An MTEB task name (``"SciFact"``), a local folder name (``"SummEval"``) or a training-set
+            name; case is ignored when no name matches exactly.
     """
     if name in TASKS:
         return TASKS[name]
@@ -356,6 +358,21 @@ def get_task(name: str) -> TaskSpec:
     lowered = {n.lower(): n for n in TASKS}
     if name.lower() in lowered:
         return TASKS[lowered[name.lower()]]
+    return None
+
+
+def get_task(name: str) -> TaskSpec:
+    """Return the registry entry for ``name`` (see :func:`find_task`).
+
+    Args:
+        name: An MTEB task name (``"SciFact"``), a local folder name (``"SummEval"``) or a training-set name.
+
+    Raises:
+        UnknownTaskError: The name is unknown; the message lists the closest known names.
+    """
+    spec = find_task(name)
+    if spec is not None:
+        return spec
     close = difflib.get_close_matches(name, list(TASKS), n=5, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise UnknownTaskError(f"Unknown task {name!r}.{hint} ({len(TASKS)} tasks are registered.)")
@@ -371,10 +388,10 @@ def task_or_custom(name: str, type_: str, instruction: str | None = None) -> Tas
     The custom task's instruction is ``instruction`` (e.g. its description) or
     :data:`FALLBACK_INSTRUCTION`.
     """
-    try:
-        return get_task(name)
-    except UnknownTaskError:
-        return TaskSpec(name=name, type=type_, instruction=instruction or FALLBACK_INSTRUCTION)  # type: ignore[arg-type]
+    spec = find_task(name)
+    if spec is not None:
+        return spec
+    return TaskSpec(name=name, type=type_, instruction=instruction or FALLBACK_INSTRUCTION)  # type: ignore[arg-type]
 
 
 def benchmark_tasks() -> list[TaskSpec]:
@@ -455,7 +472,7 @@ def sample_examples(
 
     Distinct responses come first (for classification: one example per label before any repeat). The
     examples come back whole: the model clips and fits them by tokens
-    (:meth:`anna_embed.embedder.Embedder.query_prefix`), the rule training uses too. The same arguments
+    (:meth:`anna_embed.model.embedder.Embedder.query_prefix`), the rule training uses too. The same arguments
     always give the same examples, so every query of an evaluation shares one prefix (and its KV cache).
     """
     import random

@@ -1,0 +1,83 @@
+"""``anna-embed adapt``, the chain of stages: data -> mine -> train -> eval -> report (settings in
+:mod:`anna_embed.adapt.config`, what each stage does in the module docstring there).
+
+Mining and training write stage markers (:class:`anna_embed.stage.Stage`: settings and input hashes), so a
+rerun skips what is finished unless ``force``; the other stages are seen only through their package
+faces (:func:`anna_embed.mine.run`, :func:`anna_embed.train.train`, :func:`anna_embed.evaluate.run_eval`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from anna_embed import config as C
+from anna_embed.adapt.config import AdaptConfig, mine_config, train_config
+from anna_embed.adapt.data import prepare_data
+from anna_embed.adapt.report import evaluate, write_report
+from anna_embed.io import write_json
+from anna_embed.records import teacher_embeddings_path
+from anna_embed.stage import Stage, Timer, fingerprint
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: AdaptConfig, *, force: bool = False) -> dict[str, Any]:
+    """Run every stage (skipping finished ones unless ``force``); returns the report's data."""
+    from anna_embed import mine, train  # the stages' faces, looked up when called
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    C.save(cfg, out / "adapt.json")
+    timed = Timer()
+    timings = timed.seconds
+
+    data = timed("data", lambda: prepare_data(cfg, out))
+    mined = vectors = None
+    if cfg.negatives == "mined":
+        mcfg = mine_config(cfg, data.task)
+        stage = Stage(out, "mine", fingerprint(C.to_dict(mcfg), data.records, data.corpus or ""), force=force)
+        mined = stage.dir / "mined.jsonl"
+        if not stage.done():
+            stage.dir.mkdir(parents=True, exist_ok=True)
+            manifest = timed(
+                "mine",
+                lambda: mine.run(
+                    mcfg,
+                    data.records,
+                    mined,
+                    corpus=data.corpus,
+                    cache_dir=cache / "mine",
+                    report_dir=stage.dir,
+                ),
+            )
+            stage.finish(
+                {"summary": manifest["summary"], "counts": manifest["counts"], "seconds": timings["mine"]}
+            )
+        timings.setdefault("mine", stage.info().get("seconds", 0.0))  # a finished stage: its own run's time
+        vectors = teacher_embeddings_path(mined) if mcfg.teacher_embeddings else None
+    tcfg = train_config(cfg, data, mined, vectors)
+    inputs = [p for p in (mined or data.records, vectors) if p is not None]
+    tstage = Stage(out, "train", fingerprint(C.to_dict(tcfg), *inputs), force=force)
+    if not tstage.done():
+        run_dir, pending = tstage.dir, tstage.dir / "pending.json"
+        resume = (
+            not force
+            and pending.is_file()
+            and json.loads(pending.read_text()) == {"fingerprint": tstage.fingerprint}
+        )
+        if not resume:  # another config's checkpoints must not be resumed
+            shutil.rmtree(run_dir, ignore_errors=True)
+            write_json(pending, {"fingerprint": tstage.fingerprint})
+        model = timed("train", lambda: train.train(tcfg, resume=resume))
+        shutil.rmtree(out / "model", ignore_errors=True)
+        os.replace(model, out / "model")
+        tstage.finish({"model": str(out / "model"), "seconds": timings["train"]})
+    timings.setdefault("train", tstage.info().get("seconds", 0.0))
+    evals = timed("eval", lambda: evaluate(cfg, data, out, cache))
+    return write_report(cfg, data, out, evals, timings)

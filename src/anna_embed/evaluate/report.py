@@ -1,0 +1,193 @@
+"""Scores out of result folders, and what ``eval`` and ``leaderboard`` write from them: summaries, charts,
+the Borda leaderboard.
+
+The aggregation itself (Mean(Task), Mean(TaskType), Borda, markdown tables) is the pure functions of
+:mod:`anna_embed.scores`, which follow mteb's leaderboard.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from anna_embed.io import atomic_write
+from anna_embed.scores import borda, fmt_score, mean_per_type, mean_task, mean_type
+from anna_embed.tasks import TASK_TYPES, find_task
+
+logger = logging.getLogger(__name__)
+
+
+def task_type(name: str) -> str:
+    """The type of a task name: registry, then mteb, else ``"Unknown"``."""
+    spec = find_task(name)
+    if spec is not None:
+        return spec.type
+    try:
+        import mteb
+
+        return mteb.get_task(name).metadata.type
+    except Exception:
+        return "Unknown"
+
+
+def main_score(result: Mapping[str, Any], split: str = "test") -> float | None:
+    """The main score (x100) of an mteb result JSON: the registry's subset, else the mean over subsets."""
+    entries = result.get("scores", {}).get(split) or []
+    spec = find_task(result["task_name"]) if "task_name" in result else None
+    subset = None if spec is None else spec.subset
+    if subset is not None:
+        entries = [e for e in entries if e.get("hf_subset") == subset] or entries
+    vals = [e["main_score"] for e in entries if e.get("main_score") is not None]
+    return 100 * sum(vals) / len(vals) if vals else None
+
+
+def read_results(folder: str | Path) -> tuple[str, dict[str, float | None], dict[str, Any]]:
+    """``(model name, task -> main score, run.json)`` of a result folder written by ``anna-embed eval``.
+
+    Also reads any folder of mteb result JSONs (``model_meta.json`` and ``run.json`` optional).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a result folder")
+    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    scores: dict[str, float | None] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name in ("run.json", "model_meta.json"):
+            continue
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "task_name" in data and "scores" in data:
+            scores[data["task_name"]] = main_score(data)
+    return str(run.get("model", folder.name)), scores, run
+
+
+def summary_rows(scores: Mapping[str, float | None], types: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per task, sorted by type then name."""
+    return [
+        {"task": t, "type": types[t], "main_score": scores.get(t)}
+        for t in sorted(scores, key=lambda t: (types[t], t))
+    ]
+
+
+def write_summary(
+    out: Path,
+    model: str,
+    scores: Mapping[str, float | None],
+    types: Mapping[str, str],
+    *,
+    notes: Mapping[str, str] | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Write ``summary.md``, ``summary.csv`` and ``summary.png``; return the aggregate numbers."""
+    notes = notes or {}
+    per_type = mean_per_type(scores, types)
+    agg = {"mean_task": mean_task(scores), "mean_type": mean_type(per_type), "per_type": per_type}
+    rows = summary_rows(scores, types)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["task", "type", "main_score", "note"])
+    for r in rows:
+        w.writerow([r["task"], r["type"], fmt_score(r["main_score"]), notes.get(r["task"], "")])
+    w.writerow(["Mean(Task)", "", fmt_score(agg["mean_task"]), ""])
+    w.writerow(["Mean(TaskType)", "", fmt_score(agg["mean_type"]), ""])
+    with atomic_write(out / "summary.csv") as fh:
+        fh.write(buf.getvalue())
+    lines = [f"# {model}", ""]
+    if limit is not None:
+        lines += [f"**--limit {limit}: smoke run on a subsample, NOT comparable to published scores.**", ""]
+    lines += ["| task | type | main score | note |", "|---|---|---:|---|"]
+    lines += [
+        f"| {r['task']} | {r['type']} | {fmt_score(r['main_score'])} | {notes.get(r['task'], '')} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        "| aggregate | score |",
+        "|---|---:|",
+        f"| Mean(Task) | {fmt_score(agg['mean_task'])} |",
+        f"| Mean(TaskType) | {fmt_score(agg['mean_type'])} |",
+    ]
+    lines += [f"| {t} (mean) | {fmt_score(v)} |" for t, v in sorted(per_type.items())]
+    with atomic_write(out / "summary.md") as fh:
+        fh.write("\n".join(lines) + "\n")
+    bar_chart(out / "summary.png", model, rows, limit=limit)
+    return agg
+
+
+def bar_chart(path: Path, title: str, rows: Sequence[Mapping[str, Any]], *, limit: int | None = None) -> None:
+    """Horizontal bar chart of the main scores, coloured by task type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["main_score"] is not None]
+    if not rows:
+        return
+    colours = {t: plt.get_cmap("tab10")(i) for i, t in enumerate(TASK_TYPES)}
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ax.barh(
+        [r["task"] for r in rows],
+        [r["main_score"] for r in rows],
+        color=[colours.get(r["type"], "grey") for r in rows],
+    )
+    for i, r in enumerate(rows):
+        ax.text(r["main_score"], i, f" {r['main_score']:.2f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("main score (x100)")
+    ax.set_title(title + (f"  [--limit {limit}: not comparable]" if limit else ""), fontsize=10)
+    present = [t for t in TASK_TYPES if any(r["type"] == t for r in rows)]
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[t]) for t in present]
+    ax.legend(handles, present, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_xlim(0, max(100.0, max(r["main_score"] for r in rows) + 8))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def leaderboard(
+    folders: Sequence[str | Path], *, tasks: Sequence[str] | None = None, names: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rank result folders by Borda count; rows carry points, rank, Mean(Task), Mean(TaskType).
+
+    ``names`` labels the rows (one per folder); by default a row is named by the model of its run.
+    """
+    if names is not None and len(names) != len(folders):
+        raise ValueError(f"{len(names)} names for {len(folders)} result folders")
+    table: dict[str, dict[str, float | None]] = {}
+    types: dict[str, str] = {}
+    for i, folder in enumerate(folders):
+        name, scores, run = read_results(folder)
+        name = names[i] if names is not None else name
+        if name in table:
+            name = f"{name} ({folder})"
+        table[name] = dict(scores)
+        types.update(run.get("types") or {})
+        if not run.get("comparable", True):
+            logger.warning("%s was run with --limit: its scores are not comparable", folder)
+    all_tasks = list(tasks) if tasks else sorted({t for row in table.values() for t in row})
+    table = {m: {t: row.get(t) for t in all_tasks} for m, row in table.items()}
+    types = {t: types.get(t) or task_type(t) for t in all_tasks}
+    ranks = borda(table)
+    rows = []
+    for m, row in table.items():
+        per_type = mean_per_type(row, types)
+        rows.append(
+            {
+                "model": m,
+                "rank": ranks[m][1],
+                "borda_points": ranks[m][0],
+                "mean_task": mean_task(row),
+                "mean_type": mean_type(per_type),
+                "per_type": per_type,
+                "per_task": row,
+            }
+        )
+    return sorted(rows, key=lambda r: (r["rank"], r["model"]))

@@ -1,0 +1,270 @@
+"""Mining stages 1 and 2: candidate search and teacher rescoring, both cached on disk in shards.
+
+* **Candidates** (:func:`search_candidates`): the retriever teacher embeds the corpus shard by shard
+  (:func:`encode_corpus_cached`) and the queries; faiss (:func:`build_index`) finds the nearest documents,
+  optionally fused with BM25 (:func:`bm25_candidates`) by :func:`reciprocal_rank_fusion`.
+* **Soft labels** (:func:`rescore`): the reranker teacher scores every (query, positive) and
+  (query, candidate) pair, one cached file per query shard.
+
+The stage driver is :mod:`anna_embed.mine.driver`, the filter :mod:`anna_embed.mine.filter`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anna_embed.io import atomic_write
+
+if TYPE_CHECKING:
+    from anna_embed.mine.config import MineConfig, MiningQuery
+
+ProgressHook = Callable[[str, int], None]
+
+
+def content_hash(parts: Sequence[str] | str) -> str:
+    """SHA-256 hex digest of ``parts`` (each followed by a NUL byte): the key of a cache folder or file."""
+    h = hashlib.sha256()
+    for part in [parts] if isinstance(parts, str) else parts:
+        h.update(part.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- stage 1: candidates
+
+
+def encode_corpus_cached(
+    encode: Callable[[list[str]], np.ndarray],
+    texts: Sequence[str],
+    folder: Path,
+    *,
+    shard_size: int,
+    on_progress: ProgressHook | None = None,
+) -> np.ndarray:
+    """Embed ``texts`` shard by shard, each shard saved atomically as ``shard_NNNNN.npy`` in ``folder``.
+
+    Shards already on disk are loaded, not recomputed; ``folder`` should be keyed by everything that
+    changes the vectors (teacher, corpus hash, shard size).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, math.ceil(len(texts) / shard_size))
+    parts = []
+    for i in range(n_shards):
+        chunk = list(texts[i * shard_size : (i + 1) * shard_size])
+        target = folder / f"shard_{i:05d}.npy"
+        arr = np.load(target) if target.is_file() else None
+        if arr is None or arr.shape[0] != len(chunk):
+            arr = np.ascontiguousarray(encode(chunk), dtype=np.float32)
+            with atomic_write(target, "wb") as fh:
+                np.save(fh, arr)
+        parts.append(arr)
+        if on_progress is not None:
+            on_progress("corpus", i)
+    return np.concatenate(parts)
+
+
+def build_index(d_emb: np.ndarray, cfg: MineConfig) -> Any:
+    """A faiss inner-product index over ``d_emb`` (``[N, D]`` float32): flat, HNSW or IVF."""
+    import faiss
+
+    n, dim = d_emb.shape
+    if cfg.index == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif cfg.index == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = cfg.ef_search
+    elif cfg.index == "ivf":
+        nlist = cfg.ivf_nlist or max(1, min(n // 39, int(math.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng((cfg.seed, n))
+        sample = d_emb[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+        index.train(sample)
+        index.nprobe = cfg.ivf_nprobe
+    else:
+        raise ValueError(f"unknown index {cfg.index!r}")
+    index.add(d_emb)
+    return index
+
+
+def bm25_candidates(queries: Sequence[str], documents: Sequence[str], k: int) -> np.ndarray:
+    """``[Q, k]`` document ids by BM25 (bm25s, Lucene variant, English stop words), ``-1``-padded."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False)
+    q_tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+    k = min(k, len(documents))
+    ids, scores = retriever.retrieve(q_tokens, k=k, show_progress=False)
+    return np.where(scores > 0, ids, -1).astype(np.int64)
+
+
+def reciprocal_rank_fusion(rankings: Sequence[np.ndarray], *, k: int = 60, top: int) -> np.ndarray:
+    """Fuse ranked id lists: a document at 1-based rank ``r`` of a list adds ``1 / (k + r)``.
+
+    Args:
+        rankings: ``[Q, K_i]`` arrays of document ids, best first, ``-1`` for padding.
+        k: The RRF constant (60, as Cormack et al. 2009).
+        top: Length of the fused lists.
+
+    Returns:
+        ``[Q, top]`` fused ids, ``-1``-padded; ties go to the document met first (earlier list, rank).
+    """
+    n_queries = rankings[0].shape[0]
+    out = np.full((n_queries, top), -1, dtype=np.int64)
+    for q in range(n_queries):
+        score: dict[int, float] = {}
+        for ranking in rankings:
+            for r, doc in enumerate(ranking[q]):
+                if doc >= 0:
+                    score[int(doc)] = score.get(int(doc), 0.0) + 1.0 / (k + r + 1)
+        best = sorted(score, key=lambda d: -score[d])[:top]  # sorted() is stable: first-met wins ties
+        out[q, : len(best)] = best
+    return out
+
+
+def _by_prompt(queries: Sequence[MiningQuery]) -> dict[tuple[str | None, str | None], list[int]]:
+    """Positions of ``queries`` grouped by (task, instruction): each group is one teacher call."""
+    groups: dict[tuple[str | None, str | None], list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault((q.task, q.instruction), []).append(i)
+    return groups
+
+
+def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarray:
+    """Query embeddings, encoded per (task, instruction) group so each group gets its instruction."""
+    out: np.ndarray | None = None
+    for (task, instruction), rows in _by_prompt(queries).items():
+        vecs = retriever.encode_queries([queries[i].text for i in rows], task=task, instruction=instruction)
+        if out is None:
+            out = np.zeros((len(queries), vecs.shape[1]), np.float32)
+        out[rows] = vecs
+    if out is None:
+        raise ValueError("no queries to encode")
+    return out
+
+
+def _corpus_key(cfg: MineConfig, retriever: Any, corpus: Sequence[str]) -> str:
+    return content_hash([retriever.name, str(cfg.task), str(cfg.shard_size), content_hash(corpus)])[:16]
+
+
+def corpus_embeddings(
+    cfg: MineConfig,
+    retriever: Any,
+    corpus: Sequence[str],
+    cache: Path,
+    on_progress: ProgressHook | None = None,
+) -> np.ndarray:
+    """``[N, D]`` retriever vectors of the corpus, encoded shard by shard into ``cache`` (or read back)."""
+    encode = functools.partial(retriever.encode_documents, task=cfg.task)
+    folder = cache / f"corpus-{_corpus_key(cfg, retriever, corpus)}"
+    return encode_corpus_cached(encode, corpus, folder, shard_size=cfg.shard_size, on_progress=on_progress)
+
+
+def search_candidates(
+    cfg: MineConfig,
+    retriever: Any,
+    queries: Sequence[MiningQuery],
+    docs: Sequence[str],
+    n_corpus: int,
+    cache: Path,
+    on_progress: ProgressHook | None,
+) -> tuple[np.ndarray, str]:
+    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded) and the search's cache key.
+
+    ``k`` is ``top_k`` plus the most positives any query has in the corpus, so excluding the positives
+    still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
+    """
+    corpus_key = _corpus_key(cfg, retriever, docs[:n_corpus])
+    d_emb = corpus_embeddings(cfg, retriever, docs[:n_corpus], cache, on_progress)
+    settings = [
+        cfg.top_k,
+        cfg.index,
+        cfg.hnsw_m,
+        cfg.ef_search,
+        cfg.ivf_nlist,
+        cfg.ivf_nprobe,
+        cfg.bm25,
+        cfg.rrf_k,
+        cfg.seed,
+    ]
+    query_hash = content_hash([f"{q.text}\0{q.task}\0{q.instruction}" for q in queries])
+    search_key = content_hash([corpus_key, query_hash, json.dumps(settings)])[:16]
+    cand_file = cache / f"candidates-{search_key}.npy"
+    if cand_file.is_file():
+        return np.load(cand_file), search_key
+    in_corpus = set(docs[:n_corpus])
+    k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
+    _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
+    if cfg.bm25:
+        lexical = bm25_candidates([q.text for q in queries], docs[:n_corpus], k)
+        ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
+    with atomic_write(cand_file, "wb") as fh:
+        np.save(fh, ranked.astype(np.int64))
+    return ranked, search_key
+
+
+# ----------------------------------------------------------------------------- stage 2: soft labels
+
+
+def _rescore_shard(
+    reranker: Any, queries: Sequence[MiningQuery], cands: Sequence[list[int]], docs: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ``(pos_scores, cand_scores)`` of a query shard, in query order then column order."""
+    pairs: list[tuple[int, str, bool]] = []  # (query row, document, is positive slot)
+    for row, (q, cand) in enumerate(zip(queries, cands, strict=True)):
+        pairs += [(row, p, True) for p in q.positives] + [(row, docs[c], False) for c in cand]
+    scores = np.zeros(len(pairs), np.float32)
+    for (task, instruction), idx in _by_prompt([queries[row] for row, _, _ in pairs]).items():
+        scores[idx] = reranker.score(
+            [queries[pairs[i][0]].text for i in idx],
+            [pairs[i][1] for i in idx],
+            task=task,
+            instruction=instruction,
+        )
+    is_pos = np.array([p[2] for p in pairs], bool)
+    return scores[is_pos], scores[~is_pos]
+
+
+def rescore(
+    cfg: MineConfig,
+    reranker: Any,
+    queries: Sequence[MiningQuery],
+    cands: Sequence[list[int]],
+    docs: Sequence[str],
+    folder: Path,
+    on_progress: ProgressHook | None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Stage 2: raw teacher scores of each query's positives and candidates, cached per query shard."""
+    pos_raw: list[np.ndarray] = []
+    cand_raw: list[np.ndarray] = []
+    size = cfg.query_shard_size
+    for i in range(math.ceil(len(queries) / size)):
+        shard_q, shard_c = queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size]
+        n_pos = [len(q.positives) for q in shard_q]
+        n_cand = [len(c) for c in shard_c]
+        target = folder / f"shard_{i:05d}.npz"
+        saved = np.load(target) if target.is_file() else None
+        if (
+            saved is not None
+            and saved["pos"].shape == (sum(n_pos),)
+            and saved["cand"].shape == (sum(n_cand),)
+        ):
+            pos_flat, cand_flat = saved["pos"], saved["cand"]
+        else:
+            pos_flat, cand_flat = _rescore_shard(reranker, shard_q, shard_c, docs)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_write(target, "wb") as fh:
+                np.savez(fh, pos=pos_flat, cand=cand_flat)
+        pos_raw += np.split(pos_flat, np.cumsum(n_pos)[:-1])
+        cand_raw += np.split(cand_flat, np.cumsum(n_cand)[:-1])
+        if on_progress is not None:
+            on_progress("rerank", i)
+    return pos_raw, cand_raw

