@@ -202,7 +202,7 @@ def test_a_crashed_training_resumes_and_a_changed_one_starts_afresh(
 
 def test_defaults_survive_overrides_and_config_files(tmp_path: Path) -> None:
     """``--set`` and a TOML file change one field; every other keeps adapt's own default (not the section
-    class's: lr 5e-5, batch 32, temperature 0.05, MiniLM), and the defaults round-trip through JSON."""
+    class's: lr 2e-4, batch 32, temperature 0.05, MiniLM), and the defaults round-trip through JSON."""
     assert C.build(AdaptConfig, C.to_dict(AdaptConfig())) == AdaptConfig()
     cfg = load_config(None, ["train.optim.lr=1e-4", "mine.top_k=20"])
     assert (cfg.train.optim.lr, cfg.train.optim.batch_size, cfg.train.loss.student_temperature) == (
@@ -220,7 +220,8 @@ def test_defaults_survive_overrides_and_config_files(tmp_path: Path) -> None:
         2e-5,
         0.01,
     )
-    assert cfg.data.validation_fraction == 0.1 and cfg.train.data.group_size == 4
+    assert cfg.data.validation_fraction == 0.1 and cfg.train.data.group_size == 2
+    assert (cfg.train.optim.warmup_steps, cfg.train.loss.distill_scope) == (3, "batch")
     toml.write_text("[train.optim]\nlearning_rate = 1\n")
     with pytest.raises(C.ConfigError, match=r"adapt\.toml.*learning_rate"):
         load_config(toml)
@@ -236,18 +237,19 @@ def test_mine_and_train_configs_follow_the_teacher_and_the_arm(tiny: dict[str, P
         "bi:all-minilm-l6-v2",
         "SciFact",
         3,
-        False,
+        True,  # adapt's soft labels cover the whole batch: they need the teacher's vectors
     )
     gemma = mine_config(load_config(None, ["teacher=embeddinggemma-300m", "mine.reranker=cross:ce"]), "T")
     assert (gemma.retriever, gemma.reranker) == ("embeddinggemma-300m", "cross:ce")  # --set wins
-    batch = mine_config(load_config(None, ["train.loss.distill_scope=batch"]), "T")
-    assert batch.teacher_embeddings  # batch-scope soft labels need the teacher's vectors
+    group = mine_config(load_config(None, ["train.loss.distill_scope=group"]), "T")
+    assert not group.teacher_embeddings  # group-only soft labels are the mined scores themselves
     data = prepare_data(load_config(None, [f"data.train={tiny['beir']}", f"output_dir={tmp_path}"]), tmp_path)
     t = train_config(cfg, data, tmp_path / "mined.jsonl", None)
     assert t.data.sources[0].path == str(tmp_path / "mined.jsonl") and t.run.seed == 3
     assert t.data.in_batch_group_size is None and t.run.output_dir.endswith("train")
     arm_a = train_config(load_config(None, ["negatives=in_batch"]), data, None, None)
     assert arm_a.data.in_batch_group_size == 1 and arm_a.data.sources[0].path == str(data.records)
+    assert arm_a.loss.distill_scope == "group"  # no teacher, so nothing batch-wide to distil
 
 
 def test_validation_split_is_a_stable_function_of_the_query_id() -> None:
