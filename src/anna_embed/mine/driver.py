@@ -107,9 +107,14 @@ def run(
     t = time.perf_counter()
     ranked, search_key = search.search_candidates(cfg, retriever, queries, docs, n_corpus, cache, on_progress)
     if reranker is retriever and isinstance(retriever, teachers.BiEncoder):
-        # the candidates' vectors are the corpus shards just encoded (read back from the cache)
+        # the vectors of the texts rescoring needs (candidates, positives in the corpus) are the corpus
+        # shards just encoded (read back from the cache); only those are kept in memory
         d_emb = search.corpus_embeddings(cfg, retriever, docs[:n_corpus], cache)
-        retriever.remember(docs[:n_corpus], d_emb, role="document", task=cfg.task)
+        needed = {int(i) for i in ranked.ravel() if i >= 0}
+        positives = (doc_index.get(p, n_corpus) for q in queries for p in q.positives)
+        needed |= {i for i in positives if i < n_corpus}
+        rows = sorted(needed)
+        retriever.remember([docs[i] for i in rows], d_emb[rows], role="document", task=cfg.task)
     timings["candidates_s"] = time.perf_counter() - t
     cands: list[list[int]] = []
     for q, row in zip(queries, ranked, strict=True):
