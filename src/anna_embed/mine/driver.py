@@ -105,11 +105,12 @@ def run(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    ranked, search_key = search.search_candidates(cfg, retriever, queries, docs, n_corpus, cache, on_progress)
+    ranked, search_key, d_emb = search.search_candidates(
+        cfg, retriever, queries, docs, n_corpus, cache, on_progress
+    )
     if reranker is retriever and isinstance(retriever, teachers.BiEncoder):
         # the vectors of the texts rescoring needs (candidates, positives in the corpus) are the corpus
-        # shards just encoded (read back from the cache); only those are kept in memory
-        d_emb = search.corpus_embeddings(cfg, retriever, docs[:n_corpus], cache)
+        # vectors just searched; only those are kept in the teacher's cache
         needed = {int(i) for i in ranked.ravel() if i >= 0}
         positives = (doc_index.get(p, n_corpus) for q in queries for p in q.positives)
         needed |= {i for i in positives if i < n_corpus}

@@ -151,23 +151,6 @@ def _encode_queries(retriever: Any, queries: Sequence[MiningQuery]) -> np.ndarra
     return out
 
 
-def _corpus_key(cfg: MineConfig, retriever: Any, corpus: Sequence[str]) -> str:
-    return content_hash([retriever.name, str(cfg.task), str(cfg.shard_size), content_hash(corpus)])[:16]
-
-
-def corpus_embeddings(
-    cfg: MineConfig,
-    retriever: Any,
-    corpus: Sequence[str],
-    cache: Path,
-    on_progress: ProgressHook | None = None,
-) -> np.ndarray:
-    """``[N, D]`` retriever vectors of the corpus, encoded shard by shard into ``cache`` (or read back)."""
-    encode = functools.partial(retriever.encode_documents, task=cfg.task)
-    folder = cache / f"corpus-{_corpus_key(cfg, retriever, corpus)}"
-    return encode_corpus_cached(encode, corpus, folder, shard_size=cfg.shard_size, on_progress=on_progress)
-
-
 def search_candidates(
     cfg: MineConfig,
     retriever: Any,
@@ -176,14 +159,24 @@ def search_candidates(
     n_corpus: int,
     cache: Path,
     on_progress: ProgressHook | None,
-) -> tuple[np.ndarray, str]:
-    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded) and the search's cache key.
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded), the search's cache key, and the
+    ``[N, D]`` corpus vectors they were searched in (a reranker that is the retriever reuses them).
 
     ``k`` is ``top_k`` plus the most positives any query has in the corpus, so excluding the positives
     still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
     """
-    corpus_key = _corpus_key(cfg, retriever, docs[:n_corpus])
-    d_emb = corpus_embeddings(cfg, retriever, docs[:n_corpus], cache, on_progress)
+    corpus_key = content_hash(
+        [retriever.name, str(cfg.task), str(cfg.shard_size), content_hash(docs[:n_corpus])]
+    )[:16]
+    encode = functools.partial(retriever.encode_documents, task=cfg.task)
+    d_emb = encode_corpus_cached(
+        encode,
+        docs[:n_corpus],
+        cache / f"corpus-{corpus_key}",
+        shard_size=cfg.shard_size,
+        on_progress=on_progress,
+    )
     settings = [
         cfg.top_k,
         cfg.index,
@@ -199,7 +192,7 @@ def search_candidates(
     search_key = content_hash([corpus_key, query_hash, json.dumps(settings)])[:16]
     cand_file = cache / f"candidates-{search_key}.npy"
     if cand_file.is_file():
-        return np.load(cand_file), search_key
+        return np.load(cand_file), search_key, d_emb
     in_corpus = set(docs[:n_corpus])
     k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
     _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
@@ -208,7 +201,7 @@ def search_candidates(
         ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
     with atomic_write(cand_file, "wb") as fh:
         np.save(fh, ranked.astype(np.int64))
-    return ranked, search_key
+    return ranked, search_key, d_emb
 
 
 # ----------------------------------------------------------------------------- stage 2: soft labels
