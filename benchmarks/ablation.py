@@ -14,6 +14,9 @@ Variants (each a set of config overrides on one pipeline config):
 * ``full_batch``: the full recipe with soft labels over every candidate of the batch
   (``train.loss.distill_scope = "batch"``: a bi-encoder reranker's vectors, saved by mining, give the
   teacher's score of every (query, document) pair the student scores; not run by default);
+* ``inbatch_distill``: ``inbatch_only`` plus batch-wide soft labels: the same texts and tokens, and the
+  teacher's scores of every in-batch candidate (its vectors, saved by mining) distilled beside InfoNCE
+  (not run by default);
 * ``curriculum``: the full recipe after ``inbatch_only`` for its first third of ``train.optim.max_steps``
   (``train.data.hard_negatives_after``; not run by default). Under ``train.optim.max_tokens`` the switch
   step must be given (``--set train.data.hard_negatives_after=N``).
@@ -77,6 +80,12 @@ VARIANTS: dict[str, list[str] | Callable[[Any], list[str]]] = {
     ],
     "label_layout": ["classification_layout=label"],
     "full_batch": ["train.loss.distill_scope=batch"],
+    "inbatch_distill": [
+        "train.data.in_batch_group_size=1",
+        "train.loss.distill_scope=batch",
+        "train.data.max_shots=0",
+        "eval.shots=0",
+    ],
     "curriculum": _curriculum,
 }
 #: The variants run without ``--only``: the recipe and one removal per pillar.
@@ -105,8 +114,9 @@ def result_folders(output: Path, names: Sequence[str]) -> dict[str, Path]:
     for name in names:
         root = output / name / "eval"
         rows[name] = root / "student"
-        shots = json.loads((root / "base" / "run.json").read_text()).get("shots", 0)
-        rows.setdefault(f"base, untrained ({shots}-shot prompts)", root / "base")
+        if (root / "base" / "run.json").is_file():  # absent with eval.base = false
+            shots = json.loads((root / "base" / "run.json").read_text()).get("shots", 0)
+            rows.setdefault(f"base, untrained ({shots}-shot prompts)", root / "base")
     for name in names:
         folder = output / name / "eval" / "teacher"
         if folder.is_dir():

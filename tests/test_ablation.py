@@ -56,6 +56,11 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     assert ib.train.data.group_size == full.train.data.group_size
     for c in cfg.values():
         assert c.train.data.in_batch == "by_type"
+    # inbatch_distill: inbatch_only's texts, plus the teacher's scores over every in-batch candidate
+    idl = cfg["inbatch_distill"]
+    assert idl.train.data == ib.train.data and idl.eval == ib.eval and idl.mine == ib.mine
+    assert idl.train.loss.distill_scope == "batch"
+    assert idl.train.loss.kl_weight == full.train.loss.kl_weight > 0
     # label_layout changes only how classification sources become records
     ll = cfg["label_layout"]
     assert ll.classification_layout == "label" and full.classification_layout == "text"

@@ -121,6 +121,25 @@ def test_batch_scope_soft_labels_get_the_mined_teacher_vectors(make_embedder, tm
     assert len(with_vectors) == len(mined)
 
 
+def test_batch_scope_soft_labels_over_in_batch_positives_and_no_base_eval(make_embedder, tmp_path):
+    # group size 1 (no mined negatives in the batch): the KL term covers the other queries' positives
+    cfg = _tiny_config(
+        make_embedder,
+        tmp_path,
+        "train.data.in_batch_group_size=1",
+        "train.loss.distill_scope=batch",
+        "eval.base=false",
+        "eval.teacher=",
+        "eval.limit=4",
+        "train.optim.max_steps=8",
+    )
+    report = run(cfg)
+    assert [r["model"] for r in report["rows"]] == ["student"]
+    assert not (tmp_path / "run" / "eval" / "base").exists()
+    steps = read_jsonl(tmp_path / "run" / "train" / "metrics.jsonl")
+    assert any(r["kl"] > 0 for r in steps if r["task"] == "QNLI")  # mined, in-batch: distilled
+
+
 def test_shipped_pipeline_configs_load_and_demo_matches_the_builtin():
     from pathlib import Path
 

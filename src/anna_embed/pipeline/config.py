@@ -66,6 +66,8 @@ class EvalSection:
         data_dir: Folder of task folders (``demo:eval``: the packaged demo evaluation set).
         tasks: Task names (registry names; folders under ``data_dir``).
         teacher: A reference model evaluated alongside (empty: none).
+        base: Evaluate the untrained base model too (False: skip it, e.g. when an earlier run with the
+            same data and prompts already scored it).
         shots: Few-shot examples for the student's and base model's queries.
         batch_size: Encoding batch size.
         limit: Subsample each task (smoke runs only; results are marked not comparable).
@@ -78,6 +80,7 @@ class EvalSection:
     data_dir: str = "demo:eval"
     tasks: tuple[str, ...] = ("Banking77Classification", "MassiveScenarioClassification", "QNLIRetrieval")
     teacher: str = "all-minilm-l6-v2"
+    base: bool = True
     shots: int = 0
     batch_size: int = 32
     limit: int | None = None

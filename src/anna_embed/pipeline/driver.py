@@ -116,7 +116,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
 
     # 5. evaluation: base, student, teacher
     data_dir = demo_path(cfg.eval.data_dir)
-    models = {"base": cfg.train.model.name, "student": student}
+    models = {"base": cfg.train.model.name} if cfg.eval.base else {}
+    models["student"] = student
     if cfg.eval.teacher:
         models["teacher"] = cfg.eval.teacher
     scores: dict[str, dict[str, Any]] = {}
