@@ -61,6 +61,10 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     assert idl.train.data == ib.train.data and idl.eval == ib.eval and idl.mine == ib.mine
     assert idl.train.loss.distill_scope == "batch"
     assert idl.train.loss.kl_weight == full.train.loss.kl_weight > 0
+    # inbatch_shots: inbatch_only with the full recipe's examples
+    ish = cfg["inbatch_shots"]
+    assert replace(ish.train.data, max_shots=0) == ib.train.data and ish.train.loss == ib.train.loss
+    assert ish.train.data.max_shots == full.train.data.max_shots and ish.eval == full.eval
     # label_layout changes only how classification sources become records
     ll = cfg["label_layout"]
     assert ll.classification_layout == "label" and full.classification_layout == "text"
