@@ -14,6 +14,8 @@ Variants (each a set of config overrides on one pipeline config):
 * ``full_batch``: the full recipe with soft labels over every candidate of the batch
   (``train.loss.distill_scope = "batch"``: a bi-encoder reranker's vectors, saved by mining, give the
   teacher's score of every (query, document) pair the student scores; not run by default);
+* ``hardneg_only``: ``inbatch_only`` plus the mined hard negatives (no examples, no KL): the hard-negative
+  pillar alone (not run by default);
 * ``inbatch_shots``: ``inbatch_only`` with the few-shot examples kept (training and evaluation): the
   examples pillar alone (not run by default);
 * ``inbatch_distill``: ``inbatch_only`` plus batch-wide soft labels: the same texts and tokens, and the
@@ -82,6 +84,7 @@ VARIANTS: dict[str, list[str] | Callable[[Any], list[str]]] = {
     ],
     "label_layout": ["classification_layout=label"],
     "full_batch": ["train.loss.distill_scope=batch"],
+    "hardneg_only": ["train.loss.kl_weight=0", "train.data.max_shots=0", "eval.shots=0"],
     "inbatch_shots": ["train.data.in_batch_group_size=1", "train.loss.kl_weight=0"],
     "inbatch_distill": [
         "train.data.in_batch_group_size=1",

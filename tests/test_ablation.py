@@ -61,6 +61,10 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     assert idl.train.data == ib.train.data and idl.eval == ib.eval and idl.mine == ib.mine
     assert idl.train.loss.distill_scope == "batch"
     assert idl.train.loss.kl_weight == full.train.loss.kl_weight > 0
+    # hardneg_only: the full recipe's mined groups in in-batch batches, without examples or KL
+    hn = cfg["hardneg_only"]
+    assert replace(hn.train.data, in_batch_group_size=1) == ib.train.data and hn.train.loss == ib.train.loss
+    assert hn.train.data.in_batch_group_size is None and hn.mine == full.mine and hn.eval == ib.eval
     # inbatch_shots: inbatch_only with the full recipe's examples
     ish = cfg["inbatch_shots"]
     assert replace(ish.train.data, max_shots=0) == ib.train.data and ish.train.loss == ib.train.loss
