@@ -140,6 +140,45 @@ def test_batch_scope_soft_labels_over_in_batch_positives_and_no_base_eval(make_e
     assert any(r["kl"] > 0 for r in steps if r["task"] == "QNLI")  # mined, in-batch: distilled
 
 
+def test_tiny_pipeline_writes_a_model_card_with_the_run_s_scores(make_embedder, tmp_path):
+    import mteb
+    import yaml
+
+    cfg = _tiny_config(make_embedder, tmp_path, "eval.base=false", "eval.teacher=", "eval.limit=4")
+    report = run(cfg)
+    card = (tmp_path / "run" / "train" / "model" / "README.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card[4:].split("\n---\n", 1)[0])
+    assert meta["library_name"] == "sentence-transformers" and "anna-embed" in meta["tags"]
+    (index,) = meta["model-index"]
+    got = {r["dataset"]["type"]: r["metrics"][0]["value"] for r in index["results"]}
+    (student,) = report["rows"]
+    want = {t: student[t] for t in cfg.eval.tasks if student[t] is not None}
+    assert got == pytest.approx(want, abs=1e-4) and set(want) == set(cfg.eval.tasks)
+    kinds = {r["dataset"]["type"]: (r["task"]["type"], r["metrics"][0]["type"]) for r in index["results"]}
+    assert kinds["QNLIRetrieval"] == ("Retrieval", "ndcg_at_10")
+    assert kinds["Banking77Classification"] == ("Classification", "accuracy")
+    # the base model, the recipe's settings and the data's licences; no generic sentence-transformers card
+    for text in (
+        "`tiny-llama` (loaded from",
+        "LoRA r=8, alpha=16",
+        "student temperature 0.02",
+        "teacher temperature 0.05, scope `group`",
+        "group size G=2",
+        "k ~ U{0..1} examples",
+        "AdamW lr 0.0002",
+        "2 steps,",
+        f"`bi:{tmp_path / 'tiny-base'}",
+        f"`{demo_path('demo:train/qnli.jsonl')}` | GLUE QNLI dev split",
+        "| Banking77Classification | 12 |",
+        "CC BY 4.0",
+        'prompt_name="QNLI-query"',
+        f"mteb {mteb.__version__}",
+    ):
+        assert text in card, text
+    assert "sentence-transformers model trained" not in card and "Unknown" not in card
+
+
 def test_shipped_pipeline_configs_load_and_demo_matches_the_builtin():
     from pathlib import Path
 
@@ -167,3 +206,25 @@ def test_mining_rule_keeps_curated_negatives_unless_asked(caplog):
     with caplog.at_level("WARNING"):
         assert mines(_spec("nli", mine=True), with_neg, symmetric=True)  # explicit opt-in
     assert "curated negatives" in caplog.text
+
+
+def test_a_stage_resumes_only_work_started_with_its_own_fingerprint(tmp_path):
+    first = Stage(tmp_path, "train", "aaaa", force=False)
+    assert not first.resumable()  # nothing there: claimed for "aaaa", start afresh
+    assert Stage(tmp_path, "train", "aaaa", force=False).resumable()  # killed, same config: resume
+    assert not Stage(tmp_path, "train", "aaaa", force=True).resumable()  # forced: afresh
+    assert not Stage(tmp_path, "train", "bbbb", force=False).resumable()  # another config: afresh
+    assert not Stage(tmp_path, "train", "aaaa", force=False).resumable()  # the folder is now bbbb's
+    assert Stage(tmp_path, "train", "aaaa", force=False).resumable()
+
+
+def test_pipeline_force_and_a_changed_config_restart_training_instead_of_refusing(make_embedder, tmp_path):
+    cfg = _tiny_config(make_embedder, tmp_path, "eval.teacher=", "eval.base=false", "eval.limit=4")
+    run(cfg)
+    again = run(cfg, force=True)  # the train folder holds the first run: --force replaces it
+    assert "train" in again["timings"]
+    changed = replace(cfg, train=replace(cfg.train, optim=replace(cfg.train.optim, lr=1e-3)))
+    other = run(changed)  # another training config in the same folder: trained afresh, not resumed
+    assert "train" in other["timings"]
+    saved = json.loads((tmp_path / "run" / "train" / "model" / "training.json").read_text())
+    assert saved["config"]["optim"]["lr"] == 1e-3 and saved["steps"] == cfg.train.optim.max_steps

@@ -2,15 +2,18 @@
 
 Each verb lives in the ``cli`` module of its stage's package (or in its own module: ``encode``,
 ``convert``), which exposes ``add_cli(verb, parser) -> run(args) -> int``. Only the chosen verb's module is
-imported, so ``anna-embed --help`` stays fast.
+imported, so ``anna-embed --help`` and ``--version`` stay fast. The output is quiet by default and complete
+with ``-v`` (:func:`anna_embed.logs.setup_logging`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from anna_embed import __version__
+from anna_embed.logs import setup_logging
 
 #: verb -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+VERBOSE_HELP = "everything: debug lines, the dependencies' own lines and warnings, every progress bar"
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anna-embed",
@@ -39,7 +45,8 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("verb", choices=list(COMMANDS), metavar="VERB", help="what to do (see below)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("-V", "--version", action="version", version=f"anna-embed {__version__}")
     return parser
 
 
@@ -50,19 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0
-    verb, rest = argv[0], argv[1:]
+    if argv[0] in ("-V", "--version"):
+        print(f"anna-embed {__version__}")
+        return 0
+    verbose = argv[0] in ("-v", "--verbose")  # `anna-embed -v VERB ...` as well as `anna-embed VERB -v`
+    verb, rest = (argv[1], argv[2:]) if verbose and len(argv) > 1 else (argv[0], argv[1:])
     if verb not in COMMANDS:
         top.error(f"unknown verb {verb!r}")
     module = importlib.import_module(COMMANDS[verb][0])
     parser = argparse.ArgumentParser(prog=f"anna-embed {verb}", description=COMMANDS[verb][1])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     run = module.add_cli(verb, parser)
     args = parser.parse_args(rest)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    args.verbose = args.verbose or verbose
+    setup_logging(args.verbose)
     try:
         return int(run(args) or 0)
     except KeyboardInterrupt:

@@ -62,13 +62,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v] if not value.startswith("[") else json.loads(value)
+            value = [v for v in value.split(",") if v] if not value.startswith("[") else _json(value, where)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(v, inner, where) for v in value]
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if isinstance(value, str):
-            value = json.loads(value)
+            value = _json(value, where)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table (JSON object), got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -93,6 +97,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _json(text: str, where: str) -> Any:
+    """Parse an override's JSON value; an error names the key, shows the value and where it broke.
+
+    ``--set 'data.sources=[{"path": "a"},]'`` fails with ``data.sources: malformed JSON '[{"path": "a"},]'
+    (Expecting value at line 1 column 16: '[{"path": "a"},>>>]')``.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        marked = f"{text[: err.pos]}>>>{text[err.pos :]}"
+        at = f"line {err.lineno} column {err.colno}"
+        raise ConfigError(f"{where}: malformed JSON {text!r} ({err.msg} at {at}: {marked!r})") from None
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:

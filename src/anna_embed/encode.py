@@ -2,8 +2,11 @@
 
 Input is ``.jsonl`` (a ``text`` field per line, optional ``id``/``_id``) or ``.txt`` (one text per line).
 The whole file is validated before anything is written, so bad input fails fast with file, line and
-field; vectors are then written chunk by chunk into a memory-mapped ``.npy`` beside the output and
-renamed into place at the end, with the ids in ``<output>.ids.txt``.
+field; vectors are then written chunk by chunk into a memory-mapped ``.npy`` beside the output
+(``.NAME.npy.partial``, a fixed name the next run reuses) and renamed into place at the end, with the ids
+in ``<output>.ids.txt``. Numeric options are checked and an output that would overwrite the input is
+refused before any model loads; SIGTERM, like Ctrl-C, leaves the previous output as it was and no
+temporary file (exit code 143; 130 for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anna_embed.io import InputError, atomic_write, iter_jsonl, iter_text_lines, read_jsonl
+from anna_embed.io import (
+    InputError,
+    Terminated,
+    atomic_write,
+    iter_jsonl,
+    iter_text_lines,
+    partial_path,
+    read_jsonl,
+    sigterm_as_interrupt,
+)
 from anna_embed.tasks import DEFAULT_SHOT_SEED
 
 if TYPE_CHECKING:
@@ -45,6 +57,22 @@ def ids_path(output: str | os.PathLike[str]) -> Path:
     return out.with_name(out.name.removesuffix(".npy") + ".ids.txt")
 
 
+def check_output(input_path: str | os.PathLike[str], output_path: str | os.PathLike[str]) -> None:
+    """Refuse an output whose vectors or ids file would replace the input (paths compared resolved, so
+    ``a/../in.txt`` and symbolic links count), or that is a folder.
+
+    Raises:
+        ValueError: Naming the option and both paths.
+    """
+    source = Path(input_path).resolve()
+    targets = (("--output", Path(output_path)), ("the ids file of --output", ids_path(output_path)))
+    for option, target in targets:
+        if target.resolve() == source:
+            raise ValueError(f"{option} {str(target)!r} would overwrite the input {str(input_path)!r}")
+    if Path(output_path).is_dir():
+        raise ValueError(f"--output {str(output_path)!r} is a folder; give a .npy file name")
+
+
 def encode_rows(
     embedder: Embedder,
     rows: Iterable[tuple[str, str]],
@@ -62,15 +90,24 @@ def encode_rows(
     ``<output>.ids.txt`` as they are produced. ``total`` (the row count) sizes the matrix; it defaults to
     ``len(rows)``. Returns the number of texts. Nothing is left at ``output_path`` (or its ids file)
     unless every chunk succeeded.
+
+    Raises:
+        ValueError: ``batch_size``, ``chunk_size`` or ``dimensions`` below 1, or a row count that does not
+            match ``total``.
     """
     import numpy as np
     from tqdm.auto import tqdm
 
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size), ("dimensions", dimensions)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     n = len(rows) if total is None else total  # type: ignore[arg-type]
+    if n < 0:
+        raise ValueError(f"total must be >= 0, got {n}")
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     dim = min(dimensions or embedder.dimension, embedder.dimension)
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = partial_path(out)  # fixed name: a killed run's leftover is overwritten by the next run
     matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
     before = embedder.truncated_count
     done = 0
@@ -113,64 +150,94 @@ def _chunks(rows: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[s
         yield chunk
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= minimum`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """``anna-embed encode``."""
+    """``anna-embed encode``: exit code 0 on success, 2 on bad input or options, 143 on SIGTERM and 130 on
+    Ctrl-C (both leave any previous output untouched)."""
     parser.add_argument("--model", required=True, help="short name, local folder or hub id")
     parser.add_argument("--input", required=True, help=".jsonl (field 'text') or .txt (one per line)")
     parser.add_argument("--output", required=True, help="output .npy (ids go to <output>.ids.txt)")
     parser.add_argument("--task", help="registry task whose instruction to use")
     parser.add_argument("--instruction", help="explicit instruction (overrides the task's)")
     parser.add_argument("--role", choices=("query", "document"), default="query")
-    parser.add_argument("--shots", type=int, default=0, help="few-shot examples from the task's train split")
+    parser.add_argument(
+        "--shots", type=_at_least(0), default=0, help="few-shot examples from the task's train split"
+    )
     parser.add_argument("--data-dir", help="folder of task folders (for --shots)")
     parser.add_argument("--examples", help=".jsonl of {query, response} few-shot examples (for --shots)")
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SHOT_SEED, help="seed for choosing the examples (as eval's)"
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=None)
-    parser.add_argument("--dimensions", type=int, default=None, help="Matryoshka truncation")
+    parser.add_argument("--batch-size", type=_at_least(1), default=16, help="texts per forward pass")
+    parser.add_argument("--max-length", type=_at_least(1), default=None, help="token budget per text")
+    parser.add_argument("--dimensions", type=_at_least(1), default=None, help="Matryoshka truncation")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32")
 
     def run(args: argparse.Namespace) -> int:
-        from anna_embed.model.embedder import Embedder
-        from anna_embed.tasks import few_shot_pool, get_task, sample_examples
-
-        total = sum(1 for _ in iter_inputs(args.input))  # validate the whole file before loading anything
-        if not total:
-            raise InputError(args.input, None, "no texts")
-        if args.shots and args.role != "query":
-            raise ValueError("--shots applies to --role query")
-        examples: list[tuple[str, str]] = []
-        if args.shots:
-            if args.examples:
-                pool = [
-                    (r["query"], r["response"])
-                    for r in read_jsonl(args.examples, required=("query", "response"))
-                ]
-            elif args.data_dir and args.task:
-                spec = get_task(args.task)
-                pool, _ = few_shot_pool(spec.type, Path(args.data_dir) / spec.folder)
-            else:
-                raise ValueError("--shots needs --examples FILE or --task with --data-dir")
-            examples = sample_examples(pool, args.shots, seed=args.seed, task=args.task or "")
-            if not examples:
-                logger.warning("No training examples for %s: encoding zero-shot", args.task)
-        emb = Embedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype)
-        if args.role == "query":
-            prefix = emb.query_prefix(args.task, instruction=args.instruction, examples=examples)
-        else:
-            prefix = emb.document_prefix(args.task, instruction=args.instruction)
-        n = encode_rows(
-            emb,
-            iter_inputs(args.input),
-            args.output,
-            total=total,
-            prefix=prefix,
-            batch_size=args.batch_size,
-            dimensions=args.dimensions,
-        )
-        logger.info("Wrote %d vectors to %s (ids: %s)", n, args.output, ids_path(args.output))
-        return 0
+        try:
+            with sigterm_as_interrupt():
+                return _run(args)
+        except Terminated:
+            logger.warning("Terminated by SIGTERM: %s left as it was", args.output)
+            return Terminated.exit_code
 
     return run
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The body of ``anna-embed encode`` (see :func:`add_cli`)."""
+    from anna_embed.model.embedder import Embedder
+    from anna_embed.tasks import few_shot_pool, get_task, sample_examples
+
+    check_output(args.input, args.output)
+    if args.task and args.instruction is None:
+        get_task(args.task)  # one policy for every model: an unknown name is an error ("did you mean")
+    total = sum(1 for _ in iter_inputs(args.input))  # validate the whole file before loading anything
+    if not total:
+        raise InputError(args.input, None, "no texts")
+    if args.shots and args.role != "query":
+        raise ValueError("--shots applies to --role query")
+    examples: list[tuple[str, str]] = []
+    if args.shots:
+        if args.examples:
+            pool = [
+                (r["query"], r["response"]) for r in read_jsonl(args.examples, required=("query", "response"))
+            ]
+        elif args.data_dir and args.task:
+            spec = get_task(args.task)
+            pool, _ = few_shot_pool(spec.type, Path(args.data_dir) / spec.folder)
+        else:
+            raise ValueError("--shots needs --examples FILE or --task with --data-dir")
+        examples = sample_examples(pool, args.shots, seed=args.seed, task=args.task or "")
+        if not examples:
+            logger.warning("No training examples for %s: encoding zero-shot", args.task)
+    emb = Embedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype)
+    if args.role == "query":
+        prefix = emb.query_prefix(args.task, instruction=args.instruction, examples=examples)
+    else:
+        prefix = emb.document_prefix(args.task, instruction=args.instruction)
+    n = encode_rows(
+        emb,
+        iter_inputs(args.input),
+        args.output,
+        total=total,
+        prefix=prefix,
+        batch_size=args.batch_size,
+        dimensions=args.dimensions,
+    )
+    logger.info("Wrote %d vectors to %s (ids: %s)", n, args.output, ids_path(args.output))
+    return 0

@@ -2,6 +2,11 @@
 
 Errors name the file, the 1-based line and the field, e.g.
 ``data/train.jsonl:17: field 'query': missing``.
+
+:func:`atomic_write` builds a file ``NAME`` under the fixed temporary name ``.NAME.partial`` beside it
+(:func:`partial_path`) and renames it into place; a hard-killed writer leaves at most that one file, which
+the next write of ``NAME`` removes. :func:`sigterm_as_interrupt` turns SIGTERM
+into an exception, so the writes clean up after it as after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,13 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class InputError(ValueError):
@@ -103,22 +104,49 @@ def iter_text_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
             yield lineno, text
 
 
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """The fixed temporary name of ``path`` while it is being written: ``.NAME.partial`` beside it.
+
+    Fixed, not random, so a run killed with SIGKILL leaves at most one such file per target, and the next
+    write of the same target replaces it. Two processes must not write the same target at once; different
+    targets in one folder (the ranks of a distributed run) never share a temporary name.
+    """
+    target = Path(path)
+    return target.with_name(f".{target.name}.partial")
+
+
+def _clear_leftovers(target: Path) -> None:
+    """Remove what a killed write of ``target`` left: its ``.NAME.partial`` and the randomly named
+    ``.NAME.XXXXXXXX.tmp`` files earlier versions used."""
+    import glob
+    import re
+
+    partial_path(target).unlink(missing_ok=True)
+    legacy = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
+    for old in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        if legacy.fullmatch(old.name) and old.is_file():
+            old.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextIO | BinaryIO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
 
-    A crash or an exception leaves any previous ``path`` untouched and no partial file behind.
+    The temporary file is :func:`partial_path` (``.NAME.partial``). An exception (``KeyboardInterrupt``
+    and :class:`Terminated` included) leaves any previous ``path`` untouched and no temporary file behind;
+    a hard kill leaves ``.NAME.partial``, which the next write of ``path`` removes first.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _clear_leftovers(target)
+    tmp = partial_path(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -131,8 +159,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a folder in a temporary sibling; it replaces ``path`` only if the block succeeds.
 
     An interrupted or failed build leaves any previous ``path`` untouched and no partial folder behind.
+    The sibling has a random name (``.NAME.XXXXXXXX``), unlike :func:`atomic_write`'s fixed one: the
+    processes of a distributed run may all provision the same model folder at once.
     """
     import shutil
+    import tempfile
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +176,40 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM inside :func:`sigterm_as_interrupt`.
+
+    A ``KeyboardInterrupt``, so everything that cleans up after Ctrl-C (atomic writes, ``finally``
+    blocks) does so after SIGTERM too.
+    """
+
+    exit_code = 128 + 15  # 143, the shell's code for a process ended by SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` instead of ending the process on the spot.
+
+    The previous handler is restored afterwards. Outside the main thread (where Python cannot install
+    signal handlers) the block runs unchanged.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"received signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

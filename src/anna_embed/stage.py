@@ -54,6 +54,17 @@ class Stage:
             return False
         return json.loads(marker.read_text()).get("fingerprint") == self.fingerprint
 
+    def resumable(self) -> bool:
+        """True when the unfinished work in this folder was started with this fingerprint (so its
+        checkpoints may be resumed); else claims the folder for this fingerprint (``pending.json``) and
+        returns False: the caller starts afresh, replacing what another configuration left there."""
+        pending = self.dir / "pending.json"
+        mine = {"fingerprint": self.fingerprint}
+        if not self.force and pending.is_file() and json.loads(pending.read_text()) == mine:
+            return True
+        write_json(pending, mine)
+        return False
+
     def finish(self, info: dict[str, Any]) -> None:
         write_json(self.dir / "stage.json", {"fingerprint": self.fingerprint, **info})
 

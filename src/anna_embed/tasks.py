@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -373,9 +373,25 @@ def get_task(name: str) -> TaskSpec:
     spec = find_task(name)
     if spec is not None:
         return spec
-    close = difflib.get_close_matches(name, list(TASKS), n=5, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise UnknownTaskError(f"Unknown task {name!r}.{hint} ({len(TASKS)} tasks are registered.)")
+    raise UnknownTaskError(f"Unknown task {name!r}.{did_you_mean(name)} ({len(TASKS)} tasks are registered.)")
+
+
+def did_you_mean(name: str, others: Iterable[str] = (), *, cutoff: float = 0.5) -> str:
+    """The hint an unknown task name gets: `` Did you mean: A, B?`` (or ``""`` when nothing is close).
+
+    The one place that suggests names: the registry's names and folder names plus ``others`` (e.g. the
+    folders under a data directory, mteb's task names), compared ignoring case, closest first.
+
+    Example:
+        >>> did_you_mean("SciFactt")
+        ' Did you mean: SciFact?'
+    """
+    names = [*TASKS, *(t.local_dir for t in _TASKS if t.local_dir), *others]
+    lowered: dict[str, str] = {}
+    for n in names:
+        lowered.setdefault(n.lower(), n)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=5, cutoff=cutoff)
+    return f" Did you mean: {', '.join(lowered[c] for c in close)}?" if close else ""
 
 
 #: Instruction of a user's own task that brings none.

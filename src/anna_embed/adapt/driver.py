@@ -8,10 +8,10 @@ faces (:func:`anna_embed.mine.run`, :func:`anna_embed.train.train`, :func:`anna_
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from anna_embed import config as C
 from anna_embed.adapt.config import AdaptConfig, mine_config, train_config
 from anna_embed.adapt.data import prepare_data
 from anna_embed.adapt.report import evaluate, write_report
-from anna_embed.io import write_json
+from anna_embed.model.card import write_card
 from anna_embed.records import teacher_embeddings_path
 from anna_embed.stage import Stage, Timer, fingerprint
 
@@ -34,8 +34,13 @@ def run(cfg: AdaptConfig, *, force: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     C.save(cfg, out / "adapt.json")
-    timed = Timer()
-    timings = timed.seconds
+    timer = Timer()
+    timings = timer.seconds
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        result = timer(name, fn)
+        logger.info("%s: done in %.1f s", name, timings[name])  # one line per stage
+        return result
 
     data = timed("data", lambda: prepare_data(cfg, out))
     mined = vectors = None
@@ -65,19 +70,16 @@ def run(cfg: AdaptConfig, *, force: bool = False) -> dict[str, Any]:
     inputs = [p for p in (mined or data.records, vectors) if p is not None]
     tstage = Stage(out, "train", fingerprint(C.to_dict(tcfg), *inputs), force=force)
     if not tstage.done():
-        run_dir, pending = tstage.dir, tstage.dir / "pending.json"
-        resume = (
-            not force
-            and pending.is_file()
-            and json.loads(pending.read_text()) == {"fingerprint": tstage.fingerprint}
-        )
+        resume = tstage.resumable()
         if not resume:  # another config's checkpoints must not be resumed
-            shutil.rmtree(run_dir, ignore_errors=True)
-            write_json(pending, {"fingerprint": tstage.fingerprint})
+            shutil.rmtree(tstage.dir, ignore_errors=True)
+            tstage.resumable()  # claim the emptied folder
         model = timed("train", lambda: train.train(tcfg, resume=resume))
         shutil.rmtree(out / "model", ignore_errors=True)
         os.replace(model, out / "model")
         tstage.finish({"model": str(out / "model"), "seconds": timings["train"]})
     timings.setdefault("train", tstage.info().get("seconds", 0.0))
     evals = timed("eval", lambda: evaluate(cfg, data, out, cache))
+    results = {split: out / "eval" / f"{split}-after" for split in evals}  # the adapted model's scores
+    write_card(out / "model", results=results, origins={str(data.records): cfg.data.train})
     return write_report(cfg, data, out, evals, timings)

@@ -55,6 +55,7 @@ def evaluate(cfg: AdaptConfig, data: PreparedData, out: Path, cache: Path) -> di
                 model,
                 [task],
                 data_dir=data_dir,
+                force=True,  # every adapt run re-scores into the same folders (no stage marker)
                 output=out / "eval" / f"{split}-{label}",
                 batch_size=cfg.eval.batch_size,
                 limit=cfg.eval.limit,

@@ -188,8 +188,17 @@ class EmbeddingCache:
                 [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items],
             )
 
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM vec").fetchone()[0])
+
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class EvalEncoder(AbsEncoder):

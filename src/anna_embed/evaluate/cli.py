@@ -26,7 +26,16 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     parser.add_argument("--tasks", help="comma-separated task names (mteb names, folder names or your own)")
     parser.add_argument("--benchmark", help='benchmark name, e.g. "MTEB(eng, v2)"')
     parser.add_argument("--data-dir", help="folder holding one sub-folder per task (docs/EVALUATION.md)")
-    parser.add_argument("--output", required=True, help="result folder (created)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="result folder (created; one of the same model and settings collects more tasks)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the results of another model or other settings in --output (once this run succeeds)",
+    )
     parser.add_argument("--backend", choices=["embedder", "sentence-transformers"], default="embedder")
     parser.add_argument("--shots", type=int, default=0, help="few-shot examples per task (train split)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SHOT_SEED, help="seed of the few-shot draw")
@@ -71,6 +80,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         task_type_override=args.task_type,
         show_progress=not args.no_progress,
         split=args.split,
+        force=args.force,
     )
     print((Path(args.output) / "summary.md").read_text())
     return 0 if all(v is not None for v in run["scores"].values()) else 1

@@ -8,12 +8,14 @@ documented in ``docs/EVALUATION.md``; :mod:`anna_embed.evaluate.tasks` turns the
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from anna_embed.io import InputError, iter_jsonl
+from anna_embed.tasks import TASK_TYPES
 
 #: Extra files appended to a task's test split, when the MTEB test set is the union of several local files.
 EXTRA_TEST_FILES: dict[str, tuple[str, ...]] = {
@@ -249,3 +251,29 @@ def read_summarization(folder: Path, split: str = "test", limit: int | None = No
         for f in fields:
             cols[f].append(rec[f])
     return cols
+
+
+def read_task_info(path: Path) -> dict[str, Any]:
+    """A user's folder's optional ``task.json`` (``{"type": ..., "instruction": ...}``); ``{}`` without one.
+
+    Raises:
+        TaskFolderError: Malformed JSON (line and column named), not an object, an unknown ``type`` or an
+            ``instruction`` that is not a string (field named).
+    """
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TaskFolderError(path, err.lineno, f"malformed JSON ({err.msg} at column {err.colno})") from None
+    except UnicodeDecodeError as err:
+        raise TaskFolderError(path, None, f"invalid UTF-8 at byte {err.start}") from None
+    if not isinstance(info, dict):
+        raise TaskFolderError(path, None, f"expected a JSON object, got {type(info).__name__}")
+    ttype = info.get("type")
+    if ttype is not None and ttype not in TASK_TYPES:
+        raise TaskFolderError(path, None, f"{ttype!r} is not one of {', '.join(TASK_TYPES)}", field="type")
+    instruction = info.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise TaskFolderError(path, None, f"expected a string, got {instruction!r}", field="instruction")
+    return info

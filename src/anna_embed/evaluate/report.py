@@ -1,5 +1,9 @@
-"""Scores out of result folders, and what ``eval`` and ``leaderboard`` write from them: summaries, charts,
-the Borda leaderboard.
+"""Result folders: what a run may add to one, the scores out of them, and what ``eval`` and
+``leaderboard`` write from them (summaries, charts, the Borda leaderboard).
+
+A result folder holds the results of one model under one set of settings (:data:`SETTINGS`): a run of
+the same model and settings adds its tasks to the folder (the summary covers them all), any other run is
+refused unless ``force`` replaces the folder's results (:func:`plan_folder`, :func:`check_model`).
 
 The aggregation itself (Mean(Task), Mean(TaskType), Borda, markdown tables) is the pure functions of
 :mod:`anna_embed.scores`, which follow mteb's leaderboard.
@@ -12,14 +16,22 @@ import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from anna_embed.io import atomic_write
+from anna_embed.io import InputError, atomic_write
 from anna_embed.scores import borda, fmt_score, mean_per_type, mean_task, mean_type
 from anna_embed.tasks import TASK_TYPES, find_task
 
 logger = logging.getLogger(__name__)
+
+#: What ``eval`` writes beside the per-task result JSONs (replaced with them, never mixed).
+RUN_FILES = ("run.json", "model_meta.json", "summary.md", "summary.csv", "summary.png")
+
+#: The ``run.json`` settings that results sharing a folder have in common (besides the model). The batch
+#: size, the progress bars and which tasks each run evaluated may differ.
+SETTINGS = ("backend", "split", "shots", "seed", "limit", "dtype", "max_length", "instructions")
 
 
 def task_type(name: str) -> str:
@@ -46,6 +58,27 @@ def main_score(result: Mapping[str, Any], split: str = "test") -> float | None:
     return 100 * sum(vals) / len(vals) if vals else None
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a result folder; malformed JSON is an :class:`~anna_embed.io.InputError` naming the
+    file, line and column."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(path, err.lineno, f"malformed JSON ({err.msg} at column {err.colno})") from None
+
+
+def result_files(folder: Path) -> dict[str, Path]:
+    """Task name -> its mteb result JSON in ``folder``: each ``*.json`` with ``task_name`` and ``scores``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name in RUN_FILES:
+            continue
+        data = read_json(path)
+        if isinstance(data, dict) and "task_name" in data and "scores" in data:
+            found[data["task_name"]] = path
+    return found
+
+
 def read_results(folder: str | Path) -> tuple[str, dict[str, float | None], dict[str, Any]]:
     """``(model name, task -> main score, run.json)`` of a result folder written by ``anna-embed eval``.
 
@@ -54,15 +87,131 @@ def read_results(folder: str | Path) -> tuple[str, dict[str, float | None], dict
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a result folder")
-    run = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
-    scores: dict[str, float | None] = {}
-    for path in sorted(folder.glob("*.json")):
-        if path.name in ("run.json", "model_meta.json"):
-            continue
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "task_name" in data and "scores" in data:
-            scores[data["task_name"]] = main_score(data)
+    run = read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
+    scores = {task: main_score(read_json(path)) for task, path in result_files(folder).items()}
     return str(run.get("model", folder.name)), scores, run
+
+
+# ------------------------------------------------------------------------------ what a folder may hold
+
+
+class ResultFolderError(ValueError):
+    """An output folder holding results that a run must not mix with its own (another model or settings)."""
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    """What a run does with the results already in its output folder.
+
+    Attributes:
+        earlier: Task name -> result file already in the folder.
+        run: Their ``run.json`` when this run's results join them (``{}`` when none or when replaced).
+        replace: Remove the earlier results (and summaries) once this run has succeeded, not before.
+    """
+
+    earlier: dict[str, Path]
+    run: dict[str, Any]
+    replace: bool
+
+    @property
+    def kept(self) -> dict[str, Path]:
+        """The earlier results that stay beside this run's (none when they are replaced)."""
+        return {} if self.replace else self.earlier
+
+
+def _refusal(out: Path, what: str) -> ResultFolderError:
+    return ResultFolderError(
+        f"{out}: {what}. A folder holds one model's results under one set of settings (its summary and "
+        "leaderboard row average them all): pass --force (force=True) to replace them once this run has "
+        "succeeded, or choose another output folder."
+    )
+
+
+def plan_folder(out: Path, *, model: str, settings: Mapping[str, Any], force: bool) -> FolderPlan:
+    """Decide, before the model loads, what a run of ``model`` with ``settings`` does in ``out``.
+
+    Results of the same model and settings stay and this run's join them; a folder of another model or
+    other settings is refused unless ``force``, which replaces its results (once the run has succeeded).
+    Settings an older ``run.json`` did not record are not compared.
+
+    Raises:
+        ResultFolderError: ``out`` holds results of another model or settings, or results without a
+            ``run.json`` (whose model is unknown), and ``force`` is not set.
+    """
+    if not out.is_dir():
+        return FolderPlan({}, {}, replace=False)
+    earlier = result_files(out)
+    run = read_json(out / "run.json") if (out / "run.json").is_file() else {}
+    run = run if isinstance(run, dict) else {}
+    if force or not earlier:
+        if force and earlier:
+            logger.warning(
+                "--force: the %d earlier result(s) in %s (model %r) are replaced once this run succeeds",
+                len(earlier),
+                out,
+                run.get("model", "unknown"),
+            )
+        return FolderPlan(earlier, {}, replace=bool(earlier or run))
+    names = ", ".join(sorted(earlier))
+    if not run:
+        raise _refusal(out, f"holds results ({names}) but no run.json, so whose they are is unknown")
+    diffs = [f"model {run.get('model')!r} there, {model!r} now"] if run.get("model") != model else []
+    diffs += [
+        f"{k}: {run[k]!r} there, {settings[k]!r} now" for k in SETTINGS if k in run and run[k] != settings[k]
+    ]
+    if diffs:
+        raise _refusal(
+            out,
+            f"holds the results of model {run.get('model')!r} ({names}); this run differs: "
+            + "; ".join(diffs),
+        )
+    return FolderPlan(earlier, run, replace=False)
+
+
+def check_model(
+    plan: FolderPlan, out: Path, *, model: str, model_id: str, tasks: Sequence[str]
+) -> FolderPlan:
+    """Once the model is loaded: the same name may now stand for other weights or another saved config
+    (a retrained model). Its earlier results are then replaced when this run evaluates every one of their
+    tasks again, and refused when some would stay beside the new ones.
+
+    Raises:
+        ResultFolderError: The model changed and earlier results of tasks this run skips would stay.
+    """
+    before = plan.run.get("model_id")
+    if plan.replace or not plan.earlier or before is None or before == model_id:
+        return plan
+    stale = sorted(set(plan.earlier) - set(tasks))
+    if stale:
+        raise _refusal(
+            out,
+            f"the model behind {model!r} changed since its results there were made (other weights or saved "
+            f"config), and this run leaves {', '.join(stale)} from the earlier version: evaluate those too",
+        )
+    logger.warning(
+        "%s: the model behind %r changed since the earlier results (other weights or saved config); this "
+        "run evaluates all their tasks again, so they are replaced",
+        out,
+        model,
+    )
+    return replace(plan, run={}, replace=True)
+
+
+def commit_results(out: Path, results: Mapping[str, Any], plan: FolderPlan) -> None:
+    """Write this run's mteb ``TaskResult``s into ``out`` as ``<task>.json``, each atomically, then remove
+    the earlier results that do not stay (all of them when the plan replaces them; a task's older file of
+    another name). The summaries are rewritten next; files ``eval`` does not write (the embedding cache,
+    your notes) are left alone."""
+    written = set()
+    for name, result in results.items():
+        target = out / f"{name}.json"
+        tmp = out / f".{name}.json.tmp"
+        result.to_disk(tmp)
+        tmp.replace(target)
+        written.add(target)
+    for name, path in plan.earlier.items():
+        if path not in written and (plan.replace or name in results):
+            path.unlink(missing_ok=True)
 
 
 def summary_rows(scores: Mapping[str, float | None], types: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -127,6 +276,7 @@ def bar_chart(path: Path, title: str, rows: Sequence[Mapping[str, Any]], *, limi
 
     rows = [r for r in rows if r["main_score"] is not None]
     if not rows:
+        path.unlink(missing_ok=True)  # no chart rather than an earlier run's
         return
     colours = {t: plt.get_cmap("tab10")(i) for i, t in enumerate(TASK_TYPES)}
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))

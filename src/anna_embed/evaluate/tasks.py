@@ -29,7 +29,6 @@ optional ``task.json`` (``{"type": ..., "instruction": ...}``) or from the files
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +43,10 @@ from anna_embed.evaluate.readers import (
     read_reranking,
     read_sts,
     read_summarization,
+    read_task_info,
 )
 from anna_embed.io import iter_jsonl
-from anna_embed.tasks import TASK_TYPES, find_task
+from anna_embed.tasks import TASK_TYPES, did_you_mean, find_task
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +195,12 @@ def load_task(
             ``dev.jsonl`` where a folder has no ``validation.jsonl``).
 
     Raises:
-        TaskFolderError: No folder and no mteb task of that name, a missing file or a type mismatch.
+        FileNotFoundError: ``data_dir`` is given but is not a folder.
+        TaskFolderError: No folder and no mteb task of that name (with the closest names: the one policy
+            for unknown names, whatever the model), a bad ``task.json``, a missing file or a type mismatch.
         InputError: A malformed record (file, line and field named).
     """
+    check_data_dir(data_dir)
     spec = find_task(name)
     if spec is not None:
         folder_name, mteb_name, instruction = spec.folder, spec.name, spec.instruction
@@ -209,8 +212,7 @@ def load_task(
     folder = Path(data_dir) / folder_name if data_dir is not None else None
     if folder is None or not folder.is_dir():
         if task is None:
-            where = folder if folder is not None else Path(name)
-            raise TaskFolderError(where, None, f"no such task folder, and {name!r} is not an mteb task")
+            raise _unknown_task(name, data_dir, folder, registered=spec is not None)
         logger.info("No local folder for %s: mteb loads it from the hub.", name)
         task.filter_eval_splits([split])
         if spec is not None and spec.subset is not None:
@@ -219,8 +221,7 @@ def load_task(
         return LocalTask(task, task.metadata.name, ttype, None, instruction or _generic(ttype), limit)
 
     if task is None:
-        info_path = folder / "task.json"
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        info = read_task_info(folder / "task.json")
         ttype = type_ or info.get("type") or detect_type(folder)
         if ttype is None:
             raise TaskFolderError(folder, None, 'cannot tell the task type: add task.json {"type": ...}')
@@ -232,6 +233,45 @@ def load_task(
     _check_type(folder, ttype)
     inject(task, folder, limit=limit, split=split)
     return LocalTask(task, task.metadata.name, ttype, folder, instruction or _generic(ttype), limit)
+
+
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """Fail at once when a data folder is given but is not there (instead of trying the hub per task).
+
+    Raises:
+        FileNotFoundError: ``data_dir`` is not an existing folder (the message names it).
+    """
+    if data_dir is None:
+        return
+    path = Path(data_dir)
+    if not path.is_dir():
+        what = "not a folder" if path.exists() else "no such data folder"
+        raise FileNotFoundError(f"{path}: {what} (--data-dir: the folder holding one sub-folder per task)")
+
+
+def _unknown_task(
+    name: str, data_dir: str | Path | None, folder: Path | None, *, registered: bool
+) -> TaskFolderError:
+    """The error for a name that is neither a folder under ``data_dir`` nor an mteb task, whatever the
+    model, with the closest registry, folder and mteb task names (:func:`anna_embed.tasks.did_you_mean`)."""
+    where = folder if folder is not None else Path(name)
+    if registered:  # one of our own tasks (the demo's): it exists only as a folder
+        return TaskFolderError(where, None, f"no such task folder, and {name!r} is not an mteb task")
+    root = None if data_dir is None else Path(data_dir)
+    folders = [p.name for p in root.iterdir() if p.is_dir()] if root is not None and root.is_dir() else []
+    hint = did_you_mean(name, [*folders, *_mteb_task_names()])
+    return TaskFolderError(
+        where, None, f"unknown task {name!r}: no such task folder, and not an mteb task.{hint}"
+    )
+
+
+def _mteb_task_names() -> list[str]:
+    """Every task name mteb knows (its registry, read without building the tasks); ``[]`` if unreadable."""
+    try:
+        from mteb.get_tasks import _TASKS_REGISTRY  # mteb is pinned; the registry is a name -> class dict
+    except ImportError:  # pragma: no cover - another mteb layout: suggest from our names only
+        return []
+    return list(_TASKS_REGISTRY)
 
 
 #: Task types whose local folders can be scored on another split than ``test`` (``load_task(split=)``).

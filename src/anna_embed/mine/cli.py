@@ -1,4 +1,8 @@
-"""``anna-embed mine``: the command line of the mining stage (flags become :class:`MineConfig` overrides)."""
+"""``anna-embed mine``: the command line of the mining stage (flags become :class:`MineConfig` overrides).
+
+Exit codes: 0 done, 2 bad input or settings (checked before any teacher loads), 143 on SIGTERM and 130 on
+Ctrl-C; an interrupted run leaves no partial output, and a rerun resumes from its shard cache.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 from collections.abc import Callable
 
 from anna_embed.config import load
+from anna_embed.io import Terminated, sigterm_as_interrupt
 from anna_embed.mine import driver
 from anna_embed.mine.config import MineConfig
 
@@ -56,14 +61,18 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
         if args.teacher_embeddings:
             overrides.append("teacher_embeddings=true")
         cfg = load(MineConfig, args.config, overrides)
-        manifest = driver.run(
-            cfg,
-            args.train,
-            args.out,
-            corpus=args.corpus,
-            cache_dir=args.cache_dir,
-            report_dir=args.report_dir,
-        )
+        try:
+            with sigterm_as_interrupt():
+                manifest = driver.run(
+                    cfg,
+                    args.train,
+                    args.out,
+                    corpus=args.corpus,
+                    cache_dir=args.cache_dir,
+                    report_dir=args.report_dir,
+                )
+        except Terminated:
+            return Terminated.exit_code
         for line in manifest["summary"]:
             print(line)
         return 0

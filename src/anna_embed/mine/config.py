@@ -17,6 +17,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from anna_embed.config import ConfigError
+
 Normalisation = Literal["auto", "sigmoid", "affine", "identity"]
 
 
@@ -92,6 +94,54 @@ class MineConfig:
     output_scores: Literal["raw", "normalised"] = "raw"
     teacher_embeddings: bool = False
 
+    def __post_init__(self) -> None:
+        """Check every number before any model loads; errors name the field (``MineConfig.top_k: ...``).
+
+        Raises:
+            ConfigError: (a ``ValueError``) A count, size or length below its minimum, a window that
+                selects nothing, ``min_negatives`` above ``num_negatives`` (no record could be written),
+                or a margin outside its range.
+        """
+        at_least = {
+            "top_k": 1,
+            "hnsw_m": 1,
+            "ef_search": 1,
+            "ivf_nlist": 1,
+            "ivf_nprobe": 1,
+            "rrf_k": 0,
+            "num_negatives": 1,
+            "window_start": 0,
+            "min_negatives": 0,
+            "shard_size": 1,
+            "query_shard_size": 1,
+            "batch_size": 1,
+            "max_length": 1,
+            "reranker_max_length": 1,
+            "seed": 0,
+        }
+        for name, minimum in at_least.items():
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                _invalid(name, f"must be an integer, got {value!r}")
+            if value is not None and value < minimum:
+                _invalid(name, f"must be >= {minimum}, got {value}")
+        if self.window_end is not None and self.window_end <= self.window_start:
+            _invalid("window_end", f"must be > window_start ({self.window_start}), got {self.window_end}")
+        if self.min_negatives > self.num_negatives:
+            _invalid(
+                "min_negatives",
+                f"must be <= num_negatives ({self.num_negatives}), got {self.min_negatives}: "
+                "no record could be written",
+            )
+        if self.relative_margin is not None and not 0.0 <= self.relative_margin < 1.0:
+            _invalid("relative_margin", f"must be in [0, 1) or None, got {self.relative_margin}")
+        if self.absolute_margin is not None and not self.absolute_margin >= 0.0:
+            _invalid("absolute_margin", f"must be >= 0 or None, got {self.absolute_margin}")
+
+
+def _invalid(name: str, message: str) -> None:
+    raise ConfigError(f"MineConfig.{name}: {message}")
+
 
 @dataclass
 class MiningQuery:
@@ -161,6 +211,27 @@ class Reranker(Protocol):
         instruction: str | None = None,
     ) -> np.ndarray:
         """Return ``[N]`` float scores, one per pair ``(queries[i], documents[i])``."""
+        ...
+
+
+@runtime_checkable
+class PlansBatches(Protocol):
+    """A reranker told every pair it will score before scoring starts (the bi-encoder teacher).
+
+    It then fixes the batches its texts are encoded in from the texts alone, so a text's vector, and every
+    score made from it, does not depend on which shards were already scored (a resumed run) or on what was
+    already in memory.
+    """
+
+    def plan(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        task: str | None = None,
+        instruction: str | None = None,
+    ) -> None:
+        """Announce pairs :meth:`Reranker.score` will be called with, in the order it will be called."""
         ...
 
 

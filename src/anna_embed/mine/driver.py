@@ -125,14 +125,7 @@ def run(
         cands.append(ids)
 
     t = time.perf_counter()
-    key = [
-        reranker.name,
-        search_key,
-        search.content_hash(docs[n_corpus:]),
-        str(cfg.query_shard_size),
-        str(cfg.include_given_negatives),
-    ]
-    folder = cache / f"rerank-{search.content_hash(key)[:16]}"
+    folder = cache / f"rerank-{search.rescore_key(cfg, reranker, queries, cands, docs, search_key)}"
     pos_raw, cand_raw = search.rescore(cfg, reranker, queries, cands, docs, folder, on_progress)
     timings["rescore_s"] = time.perf_counter() - t
 

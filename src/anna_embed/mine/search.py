@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +24,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anna_embed.io import atomic_write
+from anna_embed.mine.config import PlansBatches
 
 if TYPE_CHECKING:
     from anna_embed.mine.config import MineConfig, MiningQuery
+
+logger = logging.getLogger(__name__)
 
 ProgressHook = Callable[[str, int], None]
 
@@ -36,6 +41,37 @@ def content_hash(parts: Sequence[str] | str) -> str:
         h.update(part.encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _load_cached(path: Path, valid: Callable[[Any], bool]) -> Any:
+    """A cached ``.npy`` array or ``.npz`` dict of arrays, or None when it is missing, unreadable or not
+    ``valid`` (it is then recomputed and replaced: a bad entry never poisons a rerun)."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as saved:
+                data: Any = {name: saved[name] for name in saved.files}
+        else:
+            data = np.load(path)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        logger.warning("%s: unreadable cache entry (%s); recomputing it", path, err)
+        return None
+    if not valid(data):
+        logger.warning("%s: cache entry does not fit this run or holds non-finite values; recomputing", path)
+        return None
+    return data
+
+
+def _finite_matrix(arr: Any, rows: int) -> bool:
+    """Whether ``arr`` is a finite float ``[rows, D]`` matrix with ``D >= 1``."""
+    return (
+        isinstance(arr, np.ndarray)
+        and arr.ndim == 2
+        and arr.shape[0] == rows
+        and arr.shape[1] >= 1
+        and bool(np.isfinite(arr).all())
+    )
 
 
 # ----------------------------------------------------------------------------- stage 1: candidates
@@ -51,18 +87,30 @@ def encode_corpus_cached(
 ) -> np.ndarray:
     """Embed ``texts`` shard by shard, each shard saved atomically as ``shard_NNNNN.npy`` in ``folder``.
 
-    Shards already on disk are loaded, not recomputed; ``folder`` should be keyed by everything that
-    changes the vectors (teacher, corpus hash, shard size).
+    Shards already on disk are loaded, not recomputed, when they are finite ``[len(shard), D]`` matrices;
+    ``folder`` should be keyed by everything that changes the vectors (teacher, batch size, corpus hash,
+    shard size). A shard is written only when all its vectors are finite.
+
+    Raises:
+        ValueError: The encoder returned a shard that is not a finite ``[len(shard), D]`` matrix.
     """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     folder.mkdir(parents=True, exist_ok=True)
     n_shards = max(1, math.ceil(len(texts) / shard_size))
     parts = []
     for i in range(n_shards):
         chunk = list(texts[i * shard_size : (i + 1) * shard_size])
         target = folder / f"shard_{i:05d}.npy"
-        arr = np.load(target) if target.is_file() else None
-        if arr is None or arr.shape[0] != len(chunk):
+        arr = _load_cached(target, functools.partial(_finite_matrix, rows=len(chunk)))
+        if arr is None:
             arr = np.ascontiguousarray(encode(chunk), dtype=np.float32)
+            if not _finite_matrix(arr, len(chunk)):
+                bad = int((~np.isfinite(arr)).any(axis=-1).sum()) if arr.ndim == 2 else arr.size
+                raise ValueError(
+                    f"corpus shard {i}: the retriever returned a {arr.shape} array with {bad} non-finite "
+                    f"row(s) for {len(chunk)} texts (expected finite [{len(chunk)}, D]); nothing was cached"
+                )
             with atomic_write(target, "wb") as fh:
                 np.save(fh, arr)
         parts.append(arr)
@@ -167,7 +215,13 @@ def search_candidates(
     still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
     """
     corpus_key = content_hash(
-        [retriever.name, str(cfg.task), str(cfg.shard_size), content_hash(docs[:n_corpus])]
+        [
+            retriever.name,
+            str(cfg.task),
+            str(cfg.shard_size),
+            str(cfg.batch_size),  # a batch's composition moves a real model's floats
+            content_hash(docs[:n_corpus]),
+        ]
     )[:16]
     encode = functools.partial(retriever.encode_documents, task=cfg.task)
     d_emb = encode_corpus_cached(
@@ -177,7 +231,10 @@ def search_candidates(
         shard_size=cfg.shard_size,
         on_progress=on_progress,
     )
+    in_corpus = set(docs[:n_corpus])
+    k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
     settings = [
+        k,
         cfg.top_k,
         cfg.index,
         cfg.hnsw_m,
@@ -191,14 +248,28 @@ def search_candidates(
     query_hash = content_hash([f"{q.text}\0{q.task}\0{q.instruction}" for q in queries])
     search_key = content_hash([corpus_key, query_hash, json.dumps(settings)])[:16]
     cand_file = cache / f"candidates-{search_key}.npy"
-    if cand_file.is_file():
-        return np.load(cand_file), search_key, d_emb
-    in_corpus = set(docs[:n_corpus])
-    k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
-    _, ranked = build_index(d_emb, cfg).search(_encode_queries(retriever, queries), k)
+
+    def valid(ids: Any) -> bool:
+        return (
+            isinstance(ids, np.ndarray)
+            and ids.shape == (len(queries), k)
+            and np.issubdtype(ids.dtype, np.integer)
+            and bool(((ids >= -1) & (ids < n_corpus)).all())
+        )
+
+    ranked = _load_cached(cand_file, valid)
+    if ranked is not None:
+        return ranked, search_key, d_emb
+    q_emb = _encode_queries(retriever, queries)
+    if not _finite_matrix(q_emb, len(queries)):
+        raise ValueError(f"the retriever returned non-finite query vectors (shape {q_emb.shape})")
+    _, ranked = build_index(d_emb, cfg).search(q_emb, k)
     if cfg.bm25:
         lexical = bm25_candidates([q.text for q in queries], docs[:n_corpus], k)
         ranked = reciprocal_rank_fusion([ranked, lexical], k=cfg.rrf_k, top=k)
+    ranked = ranked.astype(np.int64)
+    if not valid(ranked):
+        raise ValueError(f"the search returned ids outside [-1, {n_corpus}) or a {ranked.shape} array")
     with atomic_write(cand_file, "wb") as fh:
         np.save(fh, ranked.astype(np.int64))
     return ranked, search_key, d_emb
@@ -207,23 +278,56 @@ def search_candidates(
 # ----------------------------------------------------------------------------- stage 2: soft labels
 
 
+def _shard_groups(
+    queries: Sequence[MiningQuery], cands: Sequence[list[int]], docs: Sequence[str]
+) -> tuple[list[tuple[tuple[str | None, str | None], list[int], list[str], list[str]]], np.ndarray]:
+    """The pairs of a query shard, one group per teacher call.
+
+    Returns:
+        ``[((task, instruction), positions, query texts, documents)]`` and the ``[pairs]`` mask of
+        positive slots; pairs are numbered in query order, each query's positives then its candidates.
+    """
+    pairs: list[tuple[int, str, bool]] = []  # (query row, document, is positive slot)
+    for row, (q, cand) in enumerate(zip(queries, cands, strict=True)):
+        pairs += [(row, p, True) for p in q.positives] + [(row, docs[c], False) for c in cand]
+    groups = [
+        (prompt, idx, [queries[pairs[i][0]].text for i in idx], [pairs[i][1] for i in idx])
+        for prompt, idx in _by_prompt([queries[row] for row, _, _ in pairs]).items()
+    ]
+    return groups, np.array([p[2] for p in pairs], bool)
+
+
 def _rescore_shard(
     reranker: Any, queries: Sequence[MiningQuery], cands: Sequence[list[int]], docs: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Flat ``(pos_scores, cand_scores)`` of a query shard, in query order then column order."""
-    pairs: list[tuple[int, str, bool]] = []  # (query row, document, is positive slot)
-    for row, (q, cand) in enumerate(zip(queries, cands, strict=True)):
-        pairs += [(row, p, True) for p in q.positives] + [(row, docs[c], False) for c in cand]
-    scores = np.zeros(len(pairs), np.float32)
-    for (task, instruction), idx in _by_prompt([queries[row] for row, _, _ in pairs]).items():
-        scores[idx] = reranker.score(
-            [queries[pairs[i][0]].text for i in idx],
-            [pairs[i][1] for i in idx],
-            task=task,
-            instruction=instruction,
-        )
-    is_pos = np.array([p[2] for p in pairs], bool)
+    groups, is_pos = _shard_groups(queries, cands, docs)
+    scores = np.zeros(len(is_pos), np.float32)
+    for (task, instruction), idx, q_texts, d_texts in groups:
+        scores[idx] = reranker.score(q_texts, d_texts, task=task, instruction=instruction)
     return scores[is_pos], scores[~is_pos]
+
+
+def rescore_key(
+    cfg: MineConfig,
+    reranker: Any,
+    queries: Sequence[MiningQuery],
+    cands: Sequence[list[int]],
+    docs: Sequence[str],
+    search_key: str,
+) -> str:
+    """The key of the rescoring cache: everything its scores depend on.
+
+    The reranker (name, batch size), the query shard size, the search that found the candidates (whose
+    key covers the corpus vectors a reranker that is the retriever reuses), and every query's text, task,
+    instruction, positives and candidates (as ids into ``docs``, whose texts are hashed too).
+    """
+    pairs = [
+        json.dumps([q.text, q.task, q.instruction, q.positives, ids], ensure_ascii=False)
+        for q, ids in zip(queries, cands, strict=True)
+    ]
+    parts = [reranker.name, str(cfg.batch_size), str(cfg.query_shard_size), search_key]
+    return content_hash([*parts, content_hash(docs), content_hash(pairs)])[:16]
 
 
 def rescore(
@@ -235,24 +339,51 @@ def rescore(
     folder: Path,
     on_progress: ProgressHook | None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Stage 2: raw teacher scores of each query's positives and candidates, cached per query shard."""
+    """Stage 2: raw teacher scores of each query's positives and candidates, cached per query shard.
+
+    ``folder`` should be keyed by :func:`rescore_key`. A reranker that :class:`PlansBatches` is first
+    told every pair of every shard, so its texts are encoded in the same batches whichever shards are
+    already cached (a resumed run writes the same bytes). A shard is cached only when all its scores are
+    finite; a cached shard of the wrong shape or with non-finite scores is recomputed.
+
+    Raises:
+        ValueError: The reranker returned non-finite scores.
+    """
+    size = cfg.query_shard_size
+    shards = [
+        (queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size])
+        for i in range(math.ceil(len(queries) / size))
+    ]
+    if isinstance(reranker, PlansBatches):
+        for shard_q, shard_c in shards:
+            for (task, instruction), _, q_texts, d_texts in _shard_groups(shard_q, shard_c, docs)[0]:
+                reranker.plan(q_texts, d_texts, task=task, instruction=instruction)
     pos_raw: list[np.ndarray] = []
     cand_raw: list[np.ndarray] = []
-    size = cfg.query_shard_size
-    for i in range(math.ceil(len(queries) / size)):
-        shard_q, shard_c = queries[i * size : (i + 1) * size], cands[i * size : (i + 1) * size]
+    for i, (shard_q, shard_c) in enumerate(shards):
         n_pos = [len(q.positives) for q in shard_q]
         n_cand = [len(c) for c in shard_c]
+
+        def valid(saved: Any, n_pos: list[int] = n_pos, n_cand: list[int] = n_cand) -> bool:
+            return (
+                saved.keys() >= {"pos", "cand"}
+                and saved["pos"].shape == (sum(n_pos),)
+                and saved["cand"].shape == (sum(n_cand),)
+                and bool(np.isfinite(saved["pos"]).all() and np.isfinite(saved["cand"]).all())
+            )
+
         target = folder / f"shard_{i:05d}.npz"
-        saved = np.load(target) if target.is_file() else None
-        if (
-            saved is not None
-            and saved["pos"].shape == (sum(n_pos),)
-            and saved["cand"].shape == (sum(n_cand),)
-        ):
+        saved = _load_cached(target, valid)
+        if saved is not None:
             pos_flat, cand_flat = saved["pos"], saved["cand"]
         else:
             pos_flat, cand_flat = _rescore_shard(reranker, shard_q, shard_c, docs)
+            bad = int((~np.isfinite(pos_flat)).sum() + (~np.isfinite(cand_flat)).sum())
+            if bad:
+                raise ValueError(
+                    f"rescoring shard {i}: the reranker returned {bad} non-finite score(s) of "
+                    f"{pos_flat.size + cand_flat.size}; nothing was cached"
+                )
             folder.mkdir(parents=True, exist_ok=True)
             with atomic_write(target, "wb") as fh:
                 np.savez(fh, pos=pos_flat, cand=cand_flat)

@@ -50,6 +50,10 @@ def _text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+#: An in-memory cache entry of :class:`BiEncoder`: (role, task, instruction, text digest).
+_Key = tuple[str, str | None, str | None, bytes]
+
+
 def _known_task(task: str | None) -> str | None:
     """``task`` when the registry knows it, else None (the record's own instruction still applies)."""
     return task if task is not None and find_task(task) is not None else None
@@ -59,7 +63,9 @@ class BiEncoder:
     """A bi-encoder teacher: retriever, and reranker by cosine similarity.
 
     As a reranker it keeps an in-memory cache of text embeddings, so a document that is a candidate for
-    many queries is encoded once.
+    many queries is encoded once. Told the pairs ahead (:meth:`plan`, which mining does), it encodes the
+    texts in batches fixed by the texts alone, so a text's vector is the same whatever was cached before
+    it was needed: a resumed mining run writes the same bytes as an uninterrupted one.
 
     Args:
         encoder: Anything with ``encode_queries(texts, task=, instruction=, batch_size=)`` and
@@ -76,7 +82,10 @@ class BiEncoder:
         self.encoder = encoder
         self.name = name
         self.batch_size = batch_size
-        self._cache: dict[tuple[str, str | None, str | None, bytes], np.ndarray] = {}
+        self._cache: dict[_Key, np.ndarray] = {}
+        #: Planned batches (:meth:`plan`), each a list of (key, text); emptied once encoded.
+        self._batches: list[list[tuple[_Key, str]]] = []
+        self._batch_of: dict[_Key, int] = {}
 
     @classmethod
     def load(
@@ -126,6 +135,42 @@ class BiEncoder:
         for text, vec in zip(texts, vectors, strict=True):
             self._cache[(role, task, instruction, _text_key(text))] = np.asarray(vec, np.float32)
 
+    def plan(
+        self,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        *,
+        task: str | None = None,
+        instruction: str | None = None,
+    ) -> None:
+        """Fix now the batches in which the texts of these pairs will be encoded by :meth:`score`.
+
+        The texts not yet cached or planned, per role and in order of first appearance, are sorted by
+        length (longest first, ties in that order) and cut into batches of ``batch_size``; when
+        :meth:`embed` then needs one of them, it encodes that whole batch. The batches depend only on the
+        pairs announced, in the order they were announced, never on what was cached in between, so
+        each vector comes from the same forward pass in every run.
+        """
+        self._plan(queries, ("query", task, instruction))
+        self._plan(documents, ("document", task, None))
+
+    def _plan(self, texts: Sequence[str], prompt: tuple[str, str | None, str | None]) -> None:
+        new: dict[_Key, str] = {}
+        for text in texts:
+            key = (*prompt, _text_key(text))
+            if key not in self._cache and key not in self._batch_of:
+                new.setdefault(key, text)
+        keys = sorted(new, key=lambda k: -len(new[k]))  # stable sort
+        for start in range(0, len(keys), self.batch_size):
+            batch = keys[start : start + self.batch_size]
+            self._batch_of.update(dict.fromkeys(batch, len(self._batches)))
+            self._batches.append([(key, new[key]) for key in batch])
+
+    def _encode(self, role: str, texts: list[str], task: str | None, instruction: str | None) -> np.ndarray:
+        if role == "query":
+            return self.encode_queries(texts, task=task, instruction=instruction)
+        return self.encode_documents(texts, task=task)
+
     def encode_queries(
         self, texts: Sequence[str], *, task: str | None = None, instruction: str | None = None
     ) -> np.ndarray:
@@ -146,19 +191,27 @@ class BiEncoder:
         task: str | None = None,
         instruction: str | None = None,
     ) -> np.ndarray:
-        """``[N, D]`` L2-normalised embeddings through the in-memory cache (what :meth:`score` uses)."""
-        keys = [(role, task, instruction, _text_key(t)) for t in texts]
-        missing: dict[tuple[str, str | None, str | None, bytes], str] = {}
+        """``[N, D]`` L2-normalised embeddings through the in-memory cache (what :meth:`score` uses).
+
+        A missing text that was planned (:meth:`plan`) is encoded with the rest of its planned batch;
+        the others missing are encoded together.
+        """
+        keys: list[_Key] = [(role, task, instruction, _text_key(t)) for t in texts]
+        missing: dict[_Key, str] = {}
         for key, text in zip(keys, texts, strict=True):
             if key not in self._cache:
                 missing.setdefault(key, text)
-        if missing:
-            new_texts = list(missing.values())
-            if role == "query":
-                vecs = self.encode_queries(new_texts, task=task, instruction=instruction)
-            else:
-                vecs = self.encode_documents(new_texts, task=task)
-            for key, vec in zip(missing, vecs, strict=True):
+        for b in sorted({self._batch_of[k] for k in missing if k in self._batch_of}):
+            batch = self._batches[b]
+            (b_role, b_task, b_instruction, _), _ = batch[0]
+            vecs = self._encode(b_role, [text for _, text in batch], b_task, b_instruction)
+            for (key, _), vec in zip(batch, vecs, strict=True):
+                self._cache.setdefault(key, vec)  # a vector given by remember() stays
+            self._batches[b] = []  # every key of it is cached now: the texts are no longer needed
+        rest = {k: t for k, t in missing.items() if k not in self._cache}
+        if rest:
+            vecs = self._encode(role, list(rest.values()), task, instruction)
+            for key, vec in zip(rest, vecs, strict=True):
                 self._cache[key] = vec
         return np.stack([self._cache[k] for k in keys])
 

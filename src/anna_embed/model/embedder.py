@@ -209,7 +209,12 @@ class Embedder(PromptMixin, MtebMixin):
             task_metadata: mteb's task metadata (an mteb call: the prefix comes from the task).
             prompt_type: mteb's role of the texts (``PromptType.query`` / ``document``; None: symmetric).
             **kwargs: What else mteb passes (``hf_split``, ``hf_subset``), unused.
+
+        Raises:
+            ValueError: ``batch_size`` below 1.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if task_metadata is not None:
             return self._encode_mteb(
                 inputs, task_metadata, prompt_type, batch_size=batch_size, dimensions=dimensions

@@ -14,7 +14,9 @@ Writing (:func:`save_model`), a folder sentence-transformers loads too:
   ``config_sentence_transformers.json``, one prompt per task and role, named ``"{task}-query"`` and
   ``"{task}-document"`` (plus ``"{task}"``, the query prompt, which is what mteb looks up first);
 * ``anna_embed.json``: the :class:`~anna_embed.model.config.EmbedderConfig` (pooling, prompt templates,
-  training datasets).
+  training datasets);
+* ``README.md``: the model card (:mod:`anna_embed.model.card`), rewritten by the training export once
+  ``training.json`` is there, and by ``pipeline`` / ``adapt`` with the run's scores.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from anna_embed.io import atomic_dir
+from anna_embed.model.card import write_card
 from anna_embed.model.config import CONFIG_FILE, DECODER_TYPES, EmbedderConfig, Pooling
 from anna_embed.tasks import TASKS
 
@@ -218,4 +221,5 @@ def save_model(embedder: SavableModel, path: Path) -> Path:
         )
         st.save(str(tmp))
         (tmp / CONFIG_FILE).write_text(json.dumps(embedder.config.to_dict(), indent=2) + "\n")
+        write_card(tmp, folder_name=path.name)  # ours in place of sentence-transformers' generic README
     return path

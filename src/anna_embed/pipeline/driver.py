@@ -1,4 +1,4 @@
-"""The main job: provision -> prepare data -> mine -> train -> evaluate -> report, from one config.
+"""The main job: provision -> prepare data -> mine -> train -> evaluate -> card -> report, from one config.
 
 ``anna-embed demo`` runs :data:`DEMO_CONFIG` (``configs/demo.toml`` holds the same values) on the small
 licensed data shipped in ``anna_embed/demo_data``; ``anna-embed pipeline --config configs/full.toml`` runs
@@ -13,11 +13,13 @@ The other stages are seen only through their package faces (:func:`anna_embed.mi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from anna_embed import config as C
+from anna_embed.model.card import write_card
 from anna_embed.model.weights import resolve
 from anna_embed.pipeline.config import PipelineConfig, demo_path
 from anna_embed.pipeline.data import prepare_sources
@@ -37,8 +39,13 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else root / "cache"
     C.save(cfg, root / "config.json")
-    timed = Timer()
-    timings = timed.seconds
+    timer = Timer()
+    timings = timer.seconds
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        result = timer(name, fn)
+        logger.info("%s: done in %.1f s", name, timings[name])  # one line per stage
+        return result
 
     # 1. provision the models (offline packages are converted once into the cache)
     teachers = [cfg.mine.retriever.split(":", 1)[-1], cfg.mine.reranker.split(":", 1)[-1]]
@@ -110,7 +117,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
         root, "train", fingerprint(C.to_dict(tcfg), *[Path(m["path"]) for m in mined]), force=force
     )
     if not tstage.done():
-        timed("train", lambda: train.train(tcfg, resume=not force and (tstage.dir / "checkpoints").is_dir()))
+        resume = tstage.resumable()  # another config's (or a forced run's) checkpoints are never resumed
+        timed("train", lambda: train.train(tcfg, resume=resume, force=not resume))
         tstage.finish({"model": str(tstage.dir / "model")})
     student = tstage.info()["model"]
 
@@ -132,6 +140,7 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
                     m,
                     list(cfg.eval.tasks),
                     data_dir=data_dir,
+                    force=True,  # the stage decided to redo this folder: its old results go
                     output=d,
                     shots=cfg.eval.shots if lab != "teacher" else 0,
                     seed=cfg.seed,
@@ -146,5 +155,9 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
             )
             stage.finish({"model": model, "scores": result.get("scores", {}), "run": result})
         scores[label] = stage.info()
+
+    # 6. the student's model card, with its scores and the sources its training files came from
+    origins = {src["path"]: str(path) for src, path in zip(prepared, src_files, strict=True)}
+    write_card(Path(student), results={"": root / "eval" / "student"}, origins=origins)
     report = write_report(root, cfg, scores, timings)
     return report

@@ -4,11 +4,13 @@ and the final model folder.
 A checkpoint ``checkpoints/step-NNNNNNN`` holds the trainable weights, the optimizer and scheduler states,
 every process's RNG state, the position (``state.json``), the resolved config and the data manifest; it is
 built under a temporary name and renamed, so a partial one never carries the final name.
+
+Every ``.pt`` file holds tensors and plain data only (the RNG states too: tensors and lists of ints), so
+:mod:`anna_embed.train.resume` reads them all with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from anna_embed import config as C
-from anna_embed.io import atomic_write, write_json
+from anna_embed.io import write_json
 from anna_embed.train.config import TrainConfig
 from anna_embed.train.report import plot_run
 
@@ -29,16 +31,43 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step-"
 
+#: Prefix of a checkpoint ``--resume`` skipped (kept for inspection; never resumed, never pruned).
+SKIPPED_PREFIX = ".skipped-"
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The complete checkpoint folders of a run, oldest first (partial ones never carry the final name)."""
+    folder = run_dir / "checkpoints"
+    return sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")) if folder.is_dir() else []
+
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint folder (partial ones never carry the final name)."""
-    folder = run_dir / "checkpoints"
-    found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*")) if folder.is_dir() else []
+    found = checkpoints(run_dir)
     return found[-1] if found else None
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain data, loadable with ``weights_only=True`` (restored
+    by :func:`anna_embed.train.resume.set_rng_state`)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def save_checkpoint(
@@ -81,13 +110,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    rng = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    torch.save(rng, tmp / f"rng-{acc.process_index}.pt")  # per process: dropout streams differ
+    torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")  # per process: dropout streams differ
     if acc.is_main_process:
         torch.save(_trainable_state(model), tmp / "trainable.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -118,51 +141,9 @@ def save_checkpoint(
 
 
 def _prune(run_dir: Path, keep: int) -> None:
-    found = sorted((run_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
+    found = checkpoints(run_dir)
     for old in found[: max(0, len(found) - max(1, keep))]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(
-    acc: Any, run_dir: Path, *, model: torch.nn.Module, optimizer: Any, scheduler: Any
-) -> tuple[Path, dict[str, Any]] | None:
-    """Restore the newest checkpoint in place (trainable weights, optimizer, scheduler, this process's RNG)
-    and drop the metrics rows logged after it; returns ``(folder, state.json)``, or None when there is none.
-
-    Raises:
-        ValueError: The checkpoint was saved with another number of processes, or lacks trainable weights.
-    """
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        logger.warning("--resume: no checkpoint under %s; starting from scratch", run_dir)
-        return None
-    state = json.loads((ckpt / "state.json").read_text())
-    if state["world_size"] != acc.num_processes:
-        raise ValueError(
-            f"{ckpt}: saved with {state['world_size']} processes, resuming with {acc.num_processes}"
-        )
-    weights = torch.load(ckpt / "trainable.pt", map_location="cpu")
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing:
-        raise ValueError(f"{ckpt}: checkpoint lacks trainable parameters {missing[:3]}...")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-    rng = torch.load(ckpt / f"rng-{acc.process_index}.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    metrics = run_dir / "metrics.jsonl"
-    if acc.is_main_process and metrics.is_file():  # drop rows logged after the checkpoint
-        rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r)["step"] <= state["step"]]
-        with atomic_write(metrics) as fh:
-            fh.write("".join(r + "\n" for r in rows))
-    return ckpt, state
 
 
 def save_model(
@@ -200,6 +181,9 @@ def save_model(
             "train_seconds": round(train_seconds(), 1),
         },
     )
+    from anna_embed.model.card import write_card  # the card reads training.json: written after it
+
+    write_card(out)
     plot_run(run_dir)
     acc.wait_for_everyone()
     logger.info("model written to %s", out)

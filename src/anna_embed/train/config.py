@@ -2,13 +2,15 @@
 
 ``TrainConfig`` is what ``anna-embed train --config`` loads (see :mod:`anna_embed.config`) and what every
 checkpoint and the final model folder carry as ``config.json``; a :class:`DataSource` is one training file.
+:func:`validate` refuses numeric settings that make no sense (one place, called before any model loads).
 Pure dataclasses: importing this module loads neither torch nor transformers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -208,3 +210,94 @@ class TrainConfig:
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)
+
+
+#: The smallest sensible value of every numeric setting: ``(bound, inclusive)``. ``None`` (where a field
+#: allows it) means "not set" and is never checked. ``tests/test_train_hardening.py`` checks that every
+#: numeric field of :class:`TrainConfig` is listed here.
+LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
+    "model.max_length": (1, True),
+    "lora.r": (1, True),
+    "lora.alpha": (0, False),
+    "lora.dropout": (0, True),
+    "data.group_size": (1, True),
+    "data.max_shots": (0, True),
+    "data.shot_max_tokens": (1, True),
+    "data.examples_max_length": (0, True),
+    "data.in_batch_group_size": (1, True),
+    "data.hard_negatives_after": (0, True),
+    "loss.student_temperature": (0, False),
+    "loss.teacher_temperature": (0, False),
+    "loss.kl_weight": (0, True),
+    "loss.grad_cache_chunk": (0, True),
+    "optim.batch_size": (1, True),
+    "optim.lr": (0, False),
+    "optim.weight_decay": (0, True),
+    "optim.warmup_steps": (0, True),
+    "optim.epochs": (1, True),
+    "optim.max_steps": (1, True),
+    "optim.max_tokens": (1, True),
+    "optim.grad_clip": (0, True),
+    "run.seed": (0, True),
+    "run.save_every": (0, True),
+    "run.keep_checkpoints": (1, True),
+    "run.log_every": (1, True),
+    "run.eval_every": (0, True),
+    "run.eval_max_pairs": (1, True),
+}
+
+#: Upper bounds, where there is one: ``(bound, inclusive)``.
+UPPER_BOUNDS: dict[str, tuple[float, bool]] = {"lora.dropout": (1, False)}
+
+
+def _check_number(name: str, value: Any, *, integer: bool) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is a finite number within its bounds."""
+    kind = "an integer" if integer else "a number"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    low, low_inclusive = LOWER_BOUNDS[name]
+    if value < low or (value == low and not low_inclusive):
+        unset = " (or unset)" if name in _OPTIONAL else ""
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low:g}{unset}, got {value!r}")
+    if name in UPPER_BOUNDS:
+        high, high_inclusive = UPPER_BOUNDS[name]
+        if value > high or (value == high and not high_inclusive):
+            raise ValueError(f"{name} must be {'<=' if high_inclusive else '<'} {high:g}, got {value!r}")
+
+
+#: The numeric settings whose ``None`` means "not set".
+_OPTIONAL = frozenset({"model.max_length", "data.in_batch_group_size", "optim.max_steps", "optim.max_tokens"})
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Refuse numeric settings that make no sense, naming the field (``optim.max_steps must be >= 1 (or
+    unset), got 0``); ``None`` keeps meaning "not set". The trainer calls it first, before any model loads.
+
+    Args:
+        cfg: The config to check.
+
+    Raises:
+        ValueError: The first setting out of range (:data:`LOWER_BOUNDS`, :data:`UPPER_BOUNDS`), not a
+            number, or not finite; also a data source with ``max_records`` below 1.
+    """
+    for section in fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in fields(part):
+            name = f"{section.name}.{f.name}"
+            if name not in LOWER_BOUNDS:
+                continue
+            value = getattr(part, f.name)
+            if value is None and name in _OPTIONAL:
+                continue
+            _check_number(name, value, integer=isinstance(f.type, str) and "int" in f.type)
+    for i, src in enumerate(cfg.data.sources):
+        if src.max_records is not None and (isinstance(src.max_records, bool) or src.max_records < 1):
+            raise ValueError(
+                f"data.sources[{i}].max_records must be >= 1 (or unset), got {src.max_records!r}"
+            )

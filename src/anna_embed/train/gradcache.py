@@ -4,6 +4,7 @@
   every process the gradient of its own rows (equal to one process on the concatenated batch).
 * :func:`grad_cache_backward`: GradCache, the loss of a batch larger than memory with exact parameter
   gradients (equal to one plain backward pass; ``loss.grad_cache_chunk``).
+* :func:`sum_over_processes`: element-wise sums of per-process counts (the tokens of a step).
 """
 
 from __future__ import annotations
@@ -168,3 +169,40 @@ def grad_cache_step(
         no_sync=lambda: acc.no_sync(module),
         backward=acc.backward,
     )
+
+
+def sum_over_processes(acc: Any, values: list[int]) -> list[int]:
+    """Element-wise sum of ``values`` over all processes (every process must call it).
+
+    Args:
+        acc: The run's ``Accelerator``.
+        values: This process's counts.
+    """
+    if acc.num_processes == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.long, device=acc.device)
+    return acc.reduce(t, reduction="sum").tolist()
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (registered once per process).
+
+    Without it a gloo process that returns from training can abort at interpreter teardown
+    ("terminate called without an active exception": the group's threads are still joinable when
+    static destructors run), so a finished ``torchrun`` rank exits with SIGABRT now and then.
+    """
+    import atexit
+
+    global _CLOSE_REGISTERED
+    if _CLOSE_REGISTERED:
+        return
+    _CLOSE_REGISTERED = True
+
+    def close() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(close)
+
+
+_CLOSE_REGISTERED = False

@@ -7,8 +7,9 @@ One step (:meth:`Trainer.fit`, then :meth:`Trainer._train_step`): batch ``(epoch
 (:mod:`~anna_embed.train.batches`) -> tokens -> query and document embeddings -> loss
 (:mod:`~anna_embed.train.losses`, labels from :mod:`~anna_embed.train.labels`) -> backward -> optimizer
 step -> a metrics row. Around it: the student (:mod:`~anna_embed.train.lora`), the schedule
-(:mod:`~anna_embed.train.schedule`), checkpoints and the model folder (:mod:`~anna_embed.train.checkpoint`:
-``--resume`` reaches the same final weights as an uninterrupted run), the run's records
+(:mod:`~anna_embed.train.schedule`), the run folder (:mod:`~anna_embed.train.run_folder`: one run per
+folder), checkpoints and the model folder (:mod:`~anna_embed.train.checkpoint`; ``--resume``,
+:mod:`~anna_embed.train.resume`, reaches the same final weights as an uninterrupted run), the run's records
 (:mod:`~anna_embed.train.report`) and the quick validation (:mod:`~anna_embed.train.quick_eval`). A
 non-finite loss stops the run before the update, keeping the last good checkpoint. A decoder student
 trains LoRA with instructions and few-shot examples; an encoder keeps its pooling, takes no instructions
@@ -33,13 +34,14 @@ from anna_embed import config as C
 from anna_embed.io import write_json
 from anna_embed.train import losses
 from anna_embed.train.batches import TrainBatch, collate, plan_batches, uses_in_batch
-from anna_embed.train.checkpoint import load_checkpoint, save_checkpoint, save_model
-from anna_embed.train.config import TrainConfig
+from anna_embed.train.checkpoint import save_checkpoint, save_model
+from anna_embed.train.config import TrainConfig, validate
 from anna_embed.train.data import TrainingSet
-from anna_embed.train.gradcache import gather_with_grad, grad_cache_step
+from anna_embed.train.gradcache import close_process_group_at_exit as close_group_at_exit
+from anna_embed.train.gradcache import gather_with_grad, grad_cache_step, sum_over_processes
 from anna_embed.train.labels import own_positives, soft_labels
 from anna_embed.train.lora import EmbedModule, load_student
-from anna_embed.train.quick_eval import quick_sts_eval
+from anna_embed.train.quick_eval import quick_eval_row
 from anna_embed.train.report import (
     batch_tokens,
     data_manifest,
@@ -49,6 +51,8 @@ from anna_embed.train.report import (
     training_dataset_names,
     write_prompt_stats,
 )
+from anna_embed.train.resume import load_checkpoint
+from anna_embed.train.run_folder import check_saved_config, claim_run_folder
 from anna_embed.train.schedule import Phase, lr_factor, phase, plan_steps
 
 logger = logging.getLogger(__name__)
@@ -67,19 +71,25 @@ class StepInfo:
     checkpoint: Path | None
 
 
-class Trainer:
-    """Holds the run's state; :meth:`fit` runs it. Built by :func:`train`."""
+Callback = Callable[[StepInfo], None]
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False):
+
+class Trainer:
+    """Holds the run's state; :meth:`fit` runs it. Built by :func:`train` (``resume``, ``force``: there)."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, force: bool = False):
+        validate(cfg)  # every numeric setting, before anything loads
         self.cfg = cfg
         self.run_dir = Path(cfg.run.output_dir)
         # cpu=True without CUDA: accelerate then sets up gloo under torchrun (2 CPU processes in the tests)
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=not torch.cuda.is_available())
+        close_group_at_exit()
         ds = self.acc.state.deepspeed_plugin
         if ds is not None:  # no DataLoader is prepared, so DeepSpeed cannot infer the batch size itself
             ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
             ds.deepspeed_config["train_batch_size"] = cfg.optim.batch_size * self.acc.num_processes
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        claim_run_folder(self.acc, self.run_dir, C.to_dict(cfg), resume=resume, force=force)
         torch.manual_seed(cfg.run.seed)
         if not cfg.data.sources:
             raise ValueError("data.sources is empty: give at least one training file")
@@ -88,16 +98,15 @@ class Trainer:
         self.steps_per_epoch = len(self._batches(0))
         if self.steps_per_epoch == 0:
             raise ValueError(f"no task has {self.global_batch} records: lower optim.batch_size")
-        if cfg.data.hard_negatives_after < 0:
-            raise ValueError(f"data.hard_negatives_after must be >= 0, got {cfg.data.hard_negatives_after}")
         # the resolved config (the model's own pooling, length, LoRA targets...) is what the run saves
         self.cfg, self.emb, self.peft_model = load_student(cfg, device=str(self.acc.device))
+        check_saved_config(self.run_dir, C.to_dict(self.cfg))  # now with the model's own values resolved
         # with optim.max_tokens: the cumulative tokens of every planned step (tokenizing only, no forward)
         self.total_steps, self.planned_tokens = plan_steps(
             self.cfg.optim,
             self.steps_per_epoch,
-            lambda steps: self._sum_over_processes(
-                [batch_tokens(self.emb, self._collate_step(s)) for s in steps]
+            lambda steps: sum_over_processes(
+                self.acc, [batch_tokens(self.emb, self._collate_step(s)) for s in steps]
             ),
         )
         params = [p for p in self.emb.model.parameters() if p.requires_grad]
@@ -116,13 +125,27 @@ class Trainer:
         self._fit_started: float | None = None
         self.last_checkpoint: Path | None = None
         self.prompt_stats: dict[str, int] = {}  # since this (re)start, see prompt_counts
-        if resume:
-            self._resume()
-        self._start_step = self.step
         self.manifest = data_manifest(cfg.data.sources, self.data)
+        if resume and (
+            found := load_checkpoint(  # the newest loadable checkpoint of this same run (or None)
+                self.acc,
+                self.run_dir,
+                model=self.emb.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                config=C.to_dict(self.cfg),
+                manifest=self.manifest,
+                total_steps=self.total_steps,
+            )
+        ):
+            self.last_checkpoint, state = found
+            self.step, self.tokens = state["step"], state.get("tokens", 0)
+            self.seconds_before = state.get("train_seconds", 0.0)
+            logger.info("resumed from %s (step %d of %d)", found[0], self.step, self.total_steps)
+        self._start_step = self.step
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, callbacks: Sequence[Callable[[StepInfo], None]] = ()) -> Path:
+    def fit(self, callbacks: Sequence[Callback] = ()) -> Path:
         """Train to ``total_steps``; returns the final model folder (written by the main process)."""
         from tqdm.auto import tqdm
 
@@ -149,7 +172,7 @@ class Trainer:
             step_phase = self._phase(self.step)
             batch = self._collate_step(self.step)  # prompt strings of this process's share
             self._count_prompts(batch)
-            step_tokens = self._sum_over_processes([batch_tokens(self.emb, batch)])[0]
+            step_tokens = sum_over_processes(self.acc, [batch_tokens(self.emb, batch)])[0]
             out = self._train_step(batch)  # tokens -> embeddings -> loss -> backward
             loss = self.acc.reduce(out.loss.detach().reshape(1), reduction="mean").item()
             if not math.isfinite(loss):
@@ -313,13 +336,6 @@ class Trainer:
             return 1
         return d.in_batch_group_size if d.in_batch_group_size is not None else d.group_size
 
-    def _sum_over_processes(self, values: list[int]) -> list[int]:
-        """Element-wise sum of ``values`` over all processes (every process must call it)."""
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.long, device=self.acc.device)
-        return self.acc.reduce(t, reduction="sum").tolist()
-
     # ------------------------------------------------------------------ records, checkpoints, output
     def _count_prompts(self, batch: TrainBatch) -> None:
         """Add one batch to the run's prompt counts (see :func:`~anna_embed.train.report.prompt_counts`)."""
@@ -327,14 +343,10 @@ class Trainer:
         self.prompt_stats = {k: self.prompt_stats.get(k, 0) + v for k, v in counts.items()}
 
     def _quick_eval(self, writer: Any) -> None:
-        if not self.acc.is_main_process or not self.cfg.run.eval_file:
-            return
-        run = self.cfg.run
-        score = quick_sts_eval(self.emb, run.eval_file, task=run.eval_task, max_pairs=run.eval_max_pairs)
-        self.module.train()
-        row = {"step": self.step, "tokens": self.tokens, "eval_task": run.eval_task, "eval_spearman": score}
-        logger.info("step %d: quick eval %s Spearman %.4f", self.step, run.eval_task, score)
-        log_row(self.run_dir, row, writer)
+        if self.acc.is_main_process and self.cfg.run.eval_file:
+            row = quick_eval_row(self.emb, self.cfg.run, step=self.step, tokens=self.tokens)
+            self.module.train()
+            log_row(self.run_dir, row, writer)
 
     def _train_seconds(self) -> float:
         """Wall seconds spent in :meth:`fit` so far, earlier sessions of a resumed run included."""
@@ -360,18 +372,6 @@ class Trainer:
         )
         return self.last_checkpoint
 
-    def _resume(self) -> None:
-        found = load_checkpoint(
-            self.acc, self.run_dir, model=self.emb.model, optimizer=self.optimizer, scheduler=self.scheduler
-        )
-        if found is None:
-            return
-        ckpt, state = found
-        self.step, self.tokens = state["step"], state.get("tokens", 0)
-        self.seconds_before = state.get("train_seconds", 0.0)
-        self.last_checkpoint = ckpt
-        logger.info("resumed from %s (step %d of %d)", ckpt, self.step, self.total_steps)
-
     def save_model(self) -> Path:
         """Merge the adapter and save the embedder folder (plus ``adapter/`` and ``training.json``)."""
         return save_model(
@@ -389,7 +389,9 @@ class Trainer:
 
 
 def train(
-    cfg: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callable[[StepInfo], None]] = ()
+    cfg: TrainConfig, *, resume: bool = False, force: bool = False, callbacks: Sequence[Callback] = ()
 ) -> Path:
-    """Run training as configured; returns the saved model folder."""
-    return Trainer(cfg, resume=resume).fit(callbacks)
+    """Run training as configured; returns the saved model folder. ``resume`` continues the run that
+    ``run.output_dir`` holds (same config, newest loadable checkpoint); ``force`` deletes that earlier run
+    first (:mod:`~anna_embed.train.run_folder`: a fresh start into another run's folder is refused)."""
+    return Trainer(cfg, resume=resume, force=force).fit(callbacks)

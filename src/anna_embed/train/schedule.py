@@ -44,18 +44,28 @@ def plan_steps(
 ) -> tuple[int, list[int]]:
     """``total_steps``, and with ``optim.max_tokens`` the cumulative tokens after each step up to it.
 
-    The step limit is ``optim.max_steps`` (else ``optim.epochs`` passes over the data). With
-    ``max_tokens`` the run ends at the first step whose cumulative count reaches it: ``count(steps)`` gives
-    each step's tokens, all processes together (:func:`anna_embed.train.report.batch_tokens` of every
-    process's share, collated and tokenized as the step will do it, without a forward), so the count is
-    exact and the same on every restart.
+    The step limit is ``optim.max_steps`` (else ``optim.epochs`` passes over the data); which setting is in
+    force is logged once when there is a choice (the values were checked by
+    :func:`anna_embed.train.config.validate`). With ``max_tokens`` the run ends at the first step whose
+    cumulative count reaches it: ``count(steps)`` gives each step's tokens, all processes together
+    (:func:`anna_embed.train.report.batch_tokens` of every process's share, collated and tokenized as the
+    step will do it, without a forward), so the count is exact and the same on every restart.
     """
     o = optim
-    limit = o.max_steps or o.epochs * steps_per_epoch
+    epochs_limit = o.epochs * steps_per_epoch
+    limit = o.max_steps if o.max_steps is not None else epochs_limit
+    if o.max_tokens is not None:
+        cap = f"optim.max_steps={o.max_steps}" if o.max_steps is not None else f"optim.epochs={o.epochs}"
+        logger.info("optim.max_tokens=%d is in force, capped at %d steps by %s", o.max_tokens, limit, cap)
+    elif o.max_steps is not None:
+        logger.info(
+            "optim.max_steps=%d is in force (optim.epochs=%d, %d steps, is ignored)",
+            o.max_steps,
+            o.epochs,
+            epochs_limit,
+        )
     if o.max_tokens is None:
         return limit, []
-    if o.max_tokens <= 0:
-        raise ValueError(f"optim.max_tokens must be positive, got {o.max_tokens}")
     t0, total, cumulative = time.perf_counter(), 0, []
     for start in range(0, limit, COUNT_BLOCK):  # one reduction per block of steps
         for n in count(range(start, min(limit, start + COUNT_BLOCK))):
@@ -70,7 +80,7 @@ def plan_steps(
                     time.perf_counter() - t0,
                 )
                 return len(cumulative), cumulative
-    cap = f"optim.max_steps={o.max_steps}" if o.max_steps else f"the data ({o.epochs} epoch(s))"
+    cap = f"optim.max_steps={o.max_steps}" if o.max_steps is not None else f"the data ({o.epochs} epoch(s))"
     logger.warning(
         "optim.max_tokens=%d not reached: %s ends after %d steps and %d tokens (raise optim.epochs)",
         o.max_tokens,
