@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from anna_embed.io import file_sha256, write_json
+
+logger = logging.getLogger(__name__)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -29,7 +32,8 @@ def fingerprint(*parts: Any) -> str:
 
 
 class Timer:
-    """Wall seconds of a run's named steps (0.1 s), for its report: ``timer(name, fn)`` runs ``fn``."""
+    """Wall seconds of a run's named steps (0.1 s), for its report: ``timer(name, fn)`` runs ``fn`` and
+    logs one ``NAME: done in N s`` line (the one line per stage a quiet run shows)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -38,6 +42,7 @@ class Timer:
         start = time.perf_counter()
         result = fn()
         self.seconds[name] = round(time.perf_counter() - start, 1)
+        logger.info("%s: done in %.1f s", name, self.seconds[name])
         return result
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,8 @@ def run(cfg: AdaptConfig, *, force: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     C.save(cfg, out / "adapt.json")
-    timer = Timer()
-    timings = timer.seconds
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        result = timer(name, fn)
-        logger.info("%s: done in %.1f s", name, timings[name])  # one line per stage
-        return result
+    timed = Timer()  # logs one line per stage
+    timings = timed.seconds
 
     data = timed("data", lambda: prepare_data(cfg, out))
     mined = vectors = None

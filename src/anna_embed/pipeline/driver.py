@@ -13,7 +13,6 @@ The other stages are seen only through their package faces (:func:`anna_embed.mi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     root.mkdir(parents=True, exist_ok=True)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else root / "cache"
     C.save(cfg, root / "config.json")
-    timer = Timer()
-    timings = timer.seconds
-
-    def timed(name: str, fn: Callable[[], Any]) -> Any:
-        result = timer(name, fn)
-        logger.info("%s: done in %.1f s", name, timings[name])  # one line per stage
-        return result
+    timed = Timer()  # logs one line per stage
+    timings = timed.seconds
 
     # 1. provision the models (offline packages are converted once into the cache)
     teachers = [cfg.mine.retriever.split(":", 1)[-1], cfg.mine.reranker.split(":", 1)[-1]]
