@@ -138,3 +138,13 @@ def make_embedder(tiny_tokenizer) -> Callable[..., object]:
         return Embedder(model, tok, cfg, name=f"tiny-{arch}")
 
     return make
+
+
+def free_port() -> int:
+    """A TCP port no process listens on right now (torchrun's rendezvous in the 2-process tests): a port
+    derived from the pid can collide with another job's launcher on a shared machine."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -22,6 +22,7 @@ from anna_embed.train.config import DataSource, LoraSection, TrainConfig
 from anna_embed.train.data import TrainingSet, load_records
 from anna_embed.train.loop import Trainer, TrainingDivergedError, train
 from anna_embed.train.schedule import lr_factor
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -517,7 +518,7 @@ def _one_vs_two_processes(
         cfg_file = tmp_path / f"p{procs}.json"
         cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-        port = 29500 + 10 * procs + os.getpid() % 1000
+        port = free_port()
         launch = ["torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={port}"]
         cmd = [
             sys.executable,
@@ -708,7 +709,7 @@ def test_two_processes_plan_and_count_the_tokens_of_one(tiny, tmp_path: Path) ->
     cfg_file = tmp_path / "p2.json"
     cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    port = str(29700 + os.getpid() % 1000)
+    port = str(free_port())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
     proc = subprocess.run(
         [*cmd, str(script), str(cfg_file), str(tiny["data"])],

@@ -21,7 +21,7 @@ from anna_embed.train.checkpoint import latest_checkpoint
 from anna_embed.train.config import DataSource, LoraSection, TrainConfig
 from anna_embed.train.loop import Trainer, train
 from anna_embed.train.lora import resolve_lora
-from conftest import build_backbone, build_bert_folder, build_tokenizer
+from conftest import build_backbone, build_bert_folder, build_tokenizer, free_port
 
 TOPICS = ["cell", "protein", "gene", "virus", "cancer", "drug", "trial", "mouse", "blood", "brain", "heart"]
 PROBE = ["cell protein study", "virus drug trial", "heart blood"]
@@ -353,7 +353,7 @@ def test_encoder_two_processes_match_one_process(bert: dict[str, Path], tmp_path
         cfg_file = tmp_path / f"p{procs}.json"
         cfg_file.write_text(json.dumps(C.to_dict(replace(cfg, data=replace(cfg.data, sources=())))))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
-        port = str(29900 + 10 * procs + os.getpid() % 1000)
+        port = str(free_port())
         launch = [
             sys.executable,
             "-m",
