@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def test_loads_both_record_shapes(tmp_path: Path) -> None:
         )
     )
     assert plain[0].negatives == ("n",) and plain[1].negatives == () and plain[0].task.type == "STS"
-    assert plain[0].pos_scores is None
+    assert math.isnan(plain[0].pos_scores[0]) and math.isnan(plain[0].neg_scores[0])  # unknown: NaN
+    assert plain[1].neg_scores == ()
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,7 @@ def test_shots_never_include_own_pair_and_are_reproducible() -> None:
     assert len(set(draws)) > 10  # depends on the seed
 
 
-def test_groups_fill_with_in_task_random_negatives_and_drop_teacher_scores() -> None:
+def test_groups_fill_with_in_task_random_negatives_whose_scores_are_nan() -> None:
     ts = _set_with_duplicates()
     docs, teacher = ts.sample_group(4, seed=0, epoch=0, group_size=4)
     assert docs[0] == "abstract 4" and set(docs[1:]) == {"wrong 4.0", "wrong 4.1", "wrong 4.2"}
@@ -113,7 +115,8 @@ def test_groups_fill_with_in_task_random_negatives_and_drop_teacher_scores() -> 
     for j, d in enumerate(docs[1:], start=1):
         assert teacher[j] == -float(d.rsplit(".", 1)[1])  # scores follow their texts
     docs6, teacher6 = ts.sample_group(4, seed=0, epoch=0, group_size=6)
-    assert len(docs6) == 6 and len(set(docs6)) == 6 and teacher6 is None
+    assert len(docs6) == 6 and len(set(docs6)) == 6
+    assert teacher6[:4] == teacher and all(math.isnan(t) for t in teacher6[4:])  # random: unknown
     assert all(d.startswith("abstract") for d in docs6[4:]) and "abstract 4" not in docs6[1:]
 
 
@@ -214,6 +217,7 @@ def test_collated_batch_carries_raw_documents_and_positives(prompter) -> None:
     ts = _set_with_duplicates()
     batch = collate(ts, [0, 1], seed=0, epoch=0, group_size=2, max_shots=0, prompter=prompter)
     assert len(batch.doc_texts) == len(batch.documents) == 4 and batch.group_size == 2
+    assert batch.teacher_scores.shape == (2, 2) and batch.teacher_scores[0, 0] == 5.0
     for prompt, raw in zip(batch.documents, batch.doc_texts, strict=True):
         assert prompt.endswith(raw)
     assert batch.positives == [ts.records[0].positives, ts.records[1].positives]

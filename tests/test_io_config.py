@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -87,6 +89,80 @@ def test_config_errors_are_specific(tmp_path):
     bad.write_text("lr = [\n")
     with pytest.raises(config.ConfigError, match=r"bad\.toml"):
         config.load(Outer, bad)
+
+
+def test_config_base_and_overrides_chain_then_command_line_last(tmp_path):
+    (tmp_path / "base.toml").write_text('lr = 0.5\nmode = "full"\n[inner]\nrank = 4\n')
+    (tmp_path / "sub").mkdir()
+    mid = tmp_path / "sub" / "mid.toml"  # base is resolved relative to the file, not the working folder
+    mid.write_text('base = "../base.toml"\noverrides = ["inner.rank=2", "limit=3"]\n')
+    top = tmp_path / "sub" / "top.toml"
+    top.write_text('base = "mid.toml"\noverrides = ["limit=5", "flag=true"]\n')
+    assert config.load(Outer, mid) == Outer(lr=0.5, mode="full", limit=3, inner=Inner(rank=2))
+    # later files override earlier ones, the command line overrides them all
+    assert config.load(Outer, top, ["lr=0.25"]) == Outer(
+        lr=0.25, mode="full", limit=5, flag=True, inner=Inner(rank=2)
+    )
+    assert config.load(Outer, top) == config.load(
+        Outer, tmp_path / "base.toml", ["inner.rank=2", "limit=5", "flag=true"]
+    )
+
+
+def test_pipeline_config_file_takes_a_base_too(tmp_path):
+    from anna_embed.pipeline.config import PipelineConfig
+
+    full = Path(__file__).resolve().parents[1] / "configs" / "full.toml"
+    variant = tmp_path / "no_shots.toml"
+    variant.write_text(f'base = "{full}"\noverrides = ["train.data.max_shots=0"]\n')
+    assert config.load(PipelineConfig, variant) == config.load(
+        PipelineConfig, full, ["train.data.max_shots=0"]
+    )
+
+
+def test_config_base_errors_name_the_file(tmp_path):
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text('base = "b.toml"\noverrides = []\n')
+    b.write_text('base = "a.toml"\n')
+    with pytest.raises(config.ConfigError, match=r"cycle: .*a\.toml -> .*b\.toml -> .*a\.toml"):
+        config.load(Outer, a)
+    self_ref = tmp_path / "self.toml"
+    self_ref.write_text('base = "self.toml"\n')
+    with pytest.raises(config.ConfigError, match=r"cycle: .*self\.toml -> .*self\.toml"):
+        config.load(Outer, self_ref)
+    (tmp_path / "root.toml").write_text("lr = 0.5\n")
+    # an unknown key in a file's overrides: the --set error, prefixed with that file
+    typo = tmp_path / "typo.toml"
+    typo.write_text('base = "root.toml"\noverrides = ["inner.rnk=2"]\n')
+    with pytest.raises(config.ConfigError) as file_err:
+        config.load(Outer, typo)
+    with pytest.raises(config.ConfigError) as cli_err:
+        config.load(Outer, tmp_path / "root.toml", ["inner.rnk=2"])
+    assert str(file_err.value) == f"{typo}: " + str(cli_err.value).split(": ", 1)[1]
+    assert "inner: unknown keys ['rnk']" in str(file_err.value)
+    child = tmp_path / "child.toml"  # the error names the file that holds the override, not its child
+    child.write_text('base = "typo.toml"\noverrides = ["lr=1"]\n')
+    with pytest.raises(config.ConfigError, match=rf"^{re.escape(str(typo))}: inner: unknown keys"):
+        config.load(Outer, child)
+    typo.write_text('base = "root.toml"\noverrides = ["inner.rank=two"]\n')
+    with pytest.raises(
+        config.ConfigError, match=rf"^{re.escape(str(typo))}: inner\.rank: expected an integer"
+    ):
+        config.load(Outer, child)
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text('base = "root.toml"\nlr = 0.1\n')
+    with pytest.raises(config.ConfigError, match=r"mixed\.toml: .*'overrides' only, not as \['lr'\]"):
+        config.load(Outer, mixed)
+    orphan = tmp_path / "orphan.toml"
+    orphan.write_text('overrides = ["lr=0.1"]\n')
+    with pytest.raises(config.ConfigError, match=r"orphan\.toml: 'overrides' needs a 'base'"):
+        config.load(Outer, orphan)
+    missing = tmp_path / "missing.toml"
+    missing.write_text('base = "nowhere.toml"\n')
+    with pytest.raises(config.ConfigError, match=r"nowhere\.toml: config file not found"):
+        config.load(Outer, missing)
+    (tmp_path / "notlist.toml").write_text('base = "root.toml"\noverrides = "lr=0.1"\n')
+    with pytest.raises(config.ConfigError, match="must be a list of 'key=value' strings"):
+        config.load(Outer, tmp_path / "notlist.toml")
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path):

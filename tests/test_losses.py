@@ -24,27 +24,57 @@ def test_info_nce_hand_computed() -> None:
     assert loss_w.item() == pytest.approx(math.log(1 + math.exp(1)), abs=1e-6)
 
 
-def test_distill_kl_hand_computed_and_mask() -> None:
-    teacher = torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]])
+def test_distill_kl_hand_computed_and_unknown_rows() -> None:
+    nan = math.nan
+    teacher = torch.tensor([[0.0, math.log(3.0)], [5.0, nan]])  # row 1: one score unknown
     student = torch.tensor([[0.0, 0.0], [0.3, -0.1]])
     expected_row0 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    only_first = distill_kl(
-        student, teacher, student_temperature=1.0, teacher_temperature=1.0, mask=torch.tensor([True, False])
-    )
-    assert only_first.item() == pytest.approx(expected_row0, abs=1e-6)
+    only_first = distill_kl(student, teacher, student_temperature=1.0, teacher_temperature=1.0)
+    assert only_first.item() == pytest.approx(expected_row0, abs=1e-6)  # averaged over the one kept row
+    inf_row = torch.tensor([[0.0, math.log(3.0)], [float("inf"), 5.0]])  # any non-finite score drops a row
+    got_inf = distill_kl(student, inf_row, student_temperature=1.0, teacher_temperature=1.0)
+    assert got_inf.item() == pytest.approx(expected_row0, abs=1e-6)
     # teacher temperature 2 flattens the teacher: p_t = softmax([0, log(3)/2])
     s3 = math.sqrt(3.0)
     p = [1 / (1 + s3), s3 / (1 + s3)]
     expected_t2 = sum(pi * math.log(pi / 0.5) for pi in p)
     got = distill_kl(student[:1], teacher[:1], student_temperature=1.0, teacher_temperature=2.0)
     assert got.item() == pytest.approx(expected_t2, abs=1e-6)
-    none_kept = distill_kl(
-        student, teacher, student_temperature=1.0, teacher_temperature=1.0, mask=torch.tensor([False, False])
-    )
+    unknown = torch.full_like(teacher, nan)
+    sg = student.clone().requires_grad_(True)
+    none_kept = distill_kl(sg, unknown, student_temperature=1.0, teacher_temperature=1.0)
     assert none_kept.item() == 0.0
+    none_kept.backward()
+    assert sg.grad is not None and not sg.grad.any()  # no NaN reaches the gradient
     # identical distributions give zero
-    same = distill_kl(teacher * 0.5, teacher, student_temperature=0.5, teacher_temperature=1.0)
+    same = distill_kl(teacher[:1] * 0.5, teacher[:1], student_temperature=0.5, teacher_temperature=1.0)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_embedding_loss_leaves_rows_with_unknown_teacher_scores_out_of_kl() -> None:
+    # B = 2, G = 2, in-batch; documents [pos0, neg0, pos1, neg1]; student scores (tau_s = 1) q @ d.T:
+    # [[1, 0, 0, 0], [0, 0, 1, 0]]. Row 1's negative has no teacher score (NaN): KL covers row 0 alone.
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0], [2.0, math.nan]])
+    kw = dict(group_size=2, in_batch=True, student_temperature=1.0, teacher_temperature=1.0, kl_weight=0.5)
+    e = math.e
+    kl_row0 = _kl([0.75, 0.25], [e / (e + 1), 1 / (e + 1)])  # own group [1, 0] vs teacher (3/4, 1/4)
+    ce = -1 + math.log(e + 3)  # either row: the target scores 1, the three others 0
+    qg = q.clone().requires_grad_(True)
+    out = embedding_loss(qg, d, teacher_scores=teacher, **kw)
+    assert out.kl.item() == pytest.approx(kl_row0, abs=1e-6)  # divided by 1 kept row, not 2
+    assert out.contrastive.item() == pytest.approx(ce, abs=1e-6)  # InfoNCE still covers row 1
+    assert out.loss.item() == pytest.approx(ce + 0.5 * kl_row0, abs=1e-6)
+    out.loss.backward()
+    assert torch.isfinite(qg.grad).all()
+    # the unknown row contributes no gradient through KL: row 1's gradient equals InfoNCE's alone
+    qc = q.clone().requires_grad_(True)
+    embedding_loss(qc, d, **kw).loss.backward()
+    assert torch.equal(qg.grad[1], qc.grad[1])
+    # every row unknown: no KL at all
+    unknown = embedding_loss(q, d, teacher_scores=torch.full((2, 2), math.nan), **kw)
+    assert unknown.kl.item() == 0.0 and unknown.loss.item() == pytest.approx(ce, abs=1e-6)
 
 
 def _reference_loss(q, d, group, in_batch, tau, exclude=None):

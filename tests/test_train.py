@@ -483,6 +483,32 @@ def test_configs_parse() -> None:
     assert C.load(TrainConfig, ROOT / "configs" / "train" / "no_soft_labels.toml").loss.kl_weight == 0.0
 
 
+#: Each ablation file of configs/train: full.toml plus these overrides, nothing else (``SOURCES``: the
+#: full recipe's sources, mined again without the margin filter into outputs/mined_nofilter/).
+VARIANT_OVERRIDES = {
+    "no_shots": ["data.max_shots=0", "run.output_dir=outputs/ablation/no_shots"],
+    "no_soft_labels": ["loss.kl_weight=0", "run.output_dir=outputs/ablation/no_soft_labels"],
+    "inbatch_only": [
+        "data.in_batch_group_size=1",
+        "loss.kl_weight=0",
+        "run.output_dir=outputs/ablation/inbatch_only",
+    ],
+    "no_margin_filter": ["run.output_dir=outputs/ablation/no_margin_filter", "SOURCES"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANT_OVERRIDES))
+def test_variant_configs_are_full_plus_their_overrides(name: str) -> None:
+    folder = ROOT / "configs" / "train"
+    full = C.load(TrainConfig, folder / "full.toml")
+    nofilter = [{"path": s.path.replace("/mined/", "/mined_nofilter/")} for s in full.data.sources]
+    sets = [f"data.sources={json.dumps(nofilter)}" if x == "SOURCES" else x for x in VARIANT_OVERRIDES[name]]
+    variant = C.load(TrainConfig, folder / f"{name}.toml")
+    assert variant == C.load(TrainConfig, folder / "full.toml", sets) and variant != full
+    # the command line still applies last, on top of the file's overrides
+    assert C.load(TrainConfig, folder / f"{name}.toml", ["data.max_shots=2"]).data.max_shots == 2
+
+
 def test_lora_defaults_documented() -> None:
     assert LoraSection().alpha == 2 * LoraSection().r
 
@@ -545,9 +571,11 @@ def _assert_same_run(
         assert torch.allclose(v, weights[2][k], atol=1e-5), k
 
 
-def test_two_processes_match_one_process_on_concatenated_batch(tiny, tmp_path: Path) -> None:
-    """torchrun with 2 CPU (gloo) processes x batch 2 == 1 process x batch 4: same losses and weights."""
-    _assert_same_run(*_one_vs_two_processes(tiny, tmp_path, _TWO_PROC, ()))
+@pytest.mark.parametrize("extra", [(), ("loss.grad_cache_chunk=1",)], ids=["plain", "gradcache"])
+def test_two_processes_match_one_process_on_concatenated_batch(tiny, tmp_path: Path, extra) -> None:
+    """torchrun with 2 CPU (gloo) processes x batch 2 == 1 process x batch 4: same losses and weights (DDP;
+    with GradCache too, whose re-embedding backward passes sync gradients only on the last chunk)."""
+    _assert_same_run(*_one_vs_two_processes(tiny, tmp_path, _TWO_PROC, extra))
 
 
 def test_train_config_loads_without_torch():

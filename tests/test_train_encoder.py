@@ -85,13 +85,12 @@ def _collate(trainer: Trainer, indices: list[int]) -> Any:
 def _fixed_batch_loss(trainer: Trainer) -> float:
     """The loss on one fixed batch with dropout off and no gradient (the same batch before and after)."""
     batch = _collate(trainer, list(range(8)))
-    teacher = torch.tensor(batch.teacher_scores, dtype=torch.float32)
-    mask = torch.ones(len(batch.queries), dtype=torch.bool)
+    teacher = torch.as_tensor(batch.teacher_scores, dtype=torch.float32)  # [B, G], NaN where unknown
     trainer.module.eval()
     with torch.no_grad():
         q = trainer.module(**trainer.emb.tokenize(batch.queries))
         d = trainer.module(**trainer.emb.tokenize(batch.documents))
-        loss = trainer._loss(q, d, batch, teacher, mask).loss.item()
+        loss = trainer._loss(q, d, batch, teacher).loss.item()
     trainer.module.train()
     return loss
 

@@ -5,6 +5,11 @@ Each stage declares its section as a frozen dataclass next to the code that uses
 mechanism that builds them from a file plus overrides and writes the resolved result beside every
 artifact. Defaults live only in the dataclass fields.
 
+A variant is written as changes to another file, never as a copy of it: a file whose top level holds
+``base = "full.toml"`` (a path relative to that file) and ``overrides = ["data.max_shots=0", ...]`` (the
+``--set`` syntax) resolves to the base file with those overrides applied, then the command line's
+``--set`` (:func:`load`). Such a file holds nothing else; a base may itself have a base.
+
 Example:
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
@@ -133,35 +138,105 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def build(cls: type[T], data: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Build ``cls`` from a (nested) dict plus ``key.sub=value`` override strings."""
-    tree = json.loads(json.dumps(data or {}))
+def _apply(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A copy of ``data`` with ``key.sub=value`` override strings set (values coerced later, by type)."""
+    tree = json.loads(json.dumps(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         _set_path(tree, key.strip(), value)
-    return _from_dict(cls, tree)
+    return tree
+
+
+def build(cls: type[T], data: dict[str, Any] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Build ``cls`` from a (nested) dict plus ``key.sub=value`` override strings."""
+    return _from_dict(cls, _apply(data or {}, overrides))
+
+
+#: Top-level keys of a config file that are not fields: the file it changes and its changes.
+BASE_KEY, OVERRIDES_KEY = "base", "overrides"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """One TOML (or JSON) file's contents; errors name the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def read_chain(
+    path: str | os.PathLike[str],
+) -> tuple[tuple[Path, dict[str, Any]], list[tuple[Path, list[str]]]]:
+    """Follow ``path``'s ``base`` links: ``((root file, its tables), [(file, its overrides), ...])``.
+
+    The root is the first file without ``base``; the variant files follow in the order their overrides
+    apply (the root's child first, ``path`` last; empty when ``path`` is the root).
+
+    Raises:
+        ConfigError: A file missing or malformed, ``base`` links that form a cycle (naming the files in
+            order), a file with ``base`` that holds tables too, or ``overrides`` without ``base``.
+    """
+    variants: list[tuple[Path, list[str]]] = []
+    p = Path(path)
+    visited: list[Path] = []
+    while True:
+        if p.resolve() in [v.resolve() for v in visited]:
+            raise ConfigError(f"config base cycle: {' -> '.join(str(v) for v in [*visited, p])}")
+        visited.append(p)
+        data = _read(p)
+        base, sets = data.pop(BASE_KEY, None), data.pop(OVERRIDES_KEY, None)
+        if base is None:
+            if sets is not None:
+                raise ConfigError(f"{p}: '{OVERRIDES_KEY}' needs a '{BASE_KEY}' file to apply them to")
+            return (p, data), variants[::-1]
+        if not isinstance(base, str):
+            raise ConfigError(f"{p}: '{BASE_KEY}' must be a file path, got {base!r}")
+        if sets is not None and not (isinstance(sets, list) and all(isinstance(x, str) for x in sets)):
+            raise ConfigError(f"{p}: '{OVERRIDES_KEY}' must be a list of 'key=value' strings, got {sets!r}")
+        if data:
+            raise ConfigError(
+                f"{p}: a file with '{BASE_KEY}' gives its changes as '{OVERRIDES_KEY}' only, "
+                f"not as {sorted(data)}"
+            )
+        variants.append((p, list(sets or [])))
+        p = p.parent / base
 
 
 def load(
     cls: type[T], path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> T:
-    """Load ``cls`` from a TOML (or JSON) file and apply overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
+    """Load ``cls`` from a TOML (or JSON) file, following its ``base`` chain, and apply ``overrides``.
+
+    The result is one :func:`build` of the root's tables with every file's overrides, then ``overrides``.
+    An error names the first file whose part does not fit on its own (a file's ``overrides`` give the
+    error a bad ``--set`` gives), else ``path`` (the command line's ``overrides``).
+    """
+    if path is None:
+        return build(cls, {}, overrides)
+    (root, tables), variants = read_chain(path)
+    stages = [(root, []), *variants]
+    tree = tables
+    for file, sets in stages:
         try:
-            data = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"{p}: {err}") from None
-        try:
-            return build(cls, data, overrides)
+            tree = _apply(tree, sets)
         except ConfigError as err:
-            raise ConfigError(f"{p}: {err}") from None
-    return build(cls, data, overrides)
+            raise ConfigError(f"{file}: {err}") from None
+    try:
+        return build(cls, tree, overrides)
+    except ConfigError as err:
+        failed = err
+    tree = tables
+    for file, sets in stages:  # which file's part fails on its own
+        try:
+            tree = _apply(tree, sets)
+            _from_dict(cls, tree)
+        except ConfigError as err:
+            raise ConfigError(f"{file}: {err}") from None
+    raise ConfigError(f"{path}: {failed}") from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

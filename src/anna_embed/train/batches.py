@@ -33,9 +33,10 @@ class TrainBatch:
     Attributes:
         queries: ``B`` full query prompts (few-shot block + instruction + query).
         documents: ``B * G`` full document prompts, query ``i``'s group at ``[i * G, (i + 1) * G)``.
-        teacher_scores: ``B`` rows of ``G`` teacher scores (None where unknown).
+        teacher_scores: ``[B, G]`` teacher scores of each query's group, NaN where unknown.
         task: The batch's task.
         in_batch: Whether other queries' documents serve as negatives.
+        group_size: ``G`` (documents per query), the geometry the batch was drawn with.
         indices: The record indices in this batch.
         doc_texts: The ``B * G`` documents' raw texts (no prompt), same order as ``documents``.
         positives: Each query's own positive texts (every one the record lists, not only the one drawn).
@@ -50,9 +51,10 @@ class TrainBatch:
 
     queries: list[str]
     documents: list[str]
-    teacher_scores: list[list[float] | None]
+    teacher_scores: np.ndarray
     task: str
     in_batch: bool
+    group_size: int
     indices: list[int] = field(default_factory=list)
     doc_texts: list[str] = field(default_factory=list)
     positives: list[tuple[str, ...]] = field(default_factory=list)
@@ -62,11 +64,6 @@ class TrainBatch:
     examples_dropped: int = 0
     teacher_q_emb: np.ndarray | None = None
     teacher_d_emb: np.ndarray | None = None
-
-    @property
-    def group_size(self) -> int:
-        """``G`` of this batch (documents per query)."""
-        return len(self.documents) // max(1, len(self.queries))
 
 
 class Prompter(Protocol):
@@ -153,12 +150,13 @@ def collate(
     use_in_batch = uses_in_batch(spec, in_batch)
     t_q, t_d = data.teacher_vectors(indices, raw_docs)
     return TrainBatch(
-        queries,
-        documents,
-        teacher,
-        spec.name,
-        use_in_batch,
-        list(indices),
+        queries=queries,
+        documents=documents,
+        teacher_scores=np.asarray(teacher, dtype=np.float64).reshape(len(indices), group_size),  # [B, G]
+        task=spec.name,
+        in_batch=use_in_batch,
+        group_size=group_size,
+        indices=list(indices),
         doc_texts=raw_docs,
         positives=[data.records[i].positives for i in indices],
         query_extra=q_extra,

@@ -3,7 +3,9 @@ and the final model folder.
 
 A checkpoint ``checkpoints/step-NNNNNNN`` holds the trainable weights, the optimizer and scheduler states,
 every process's RNG state, the position (``state.json``), the resolved config and the data manifest; it is
-built under a temporary name and renamed, so a partial one never carries the final name.
+built under a temporary name and renamed, so a partial one never carries the final name. A sharded run
+(``run.distributed = "fsdp"``) writes the same files, gathered to the main process
+(:mod:`anna_embed.train.fsdp`); its ``optimizer.pt`` keys the state by parameter name.
 
 Every ``.pt`` file holds tensors and plain data only (the RNG states too: tensors and lists of ints), so
 :mod:`anna_embed.train.resume` reads them all with ``torch.load(weights_only=True)``.
@@ -24,6 +26,7 @@ import torch
 
 from anna_embed import config as C
 from anna_embed.io import write_json
+from anna_embed.train import fsdp
 from anna_embed.train.config import TrainConfig
 from anna_embed.train.report import plot_run
 
@@ -85,6 +88,7 @@ def save_checkpoint(
     tokens: int,
     train_seconds: Callable[[], float],
     keep: int,
+    sharded: bool = False,
 ) -> Path:
     """Write ``checkpoints/step-NNNNNNN`` atomically (built under a temporary name, then renamed); every
     process must call it.
@@ -103,6 +107,7 @@ def save_checkpoint(
         tokens: Tokens encoded so far, all processes.
         train_seconds: The run's training wall time so far, read when ``state.json`` is written.
         keep: Newest checkpoints kept (older ones are removed).
+        sharded: The model is sharded with FSDP: its weights and optimizer state are gathered first.
     """
     final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:07d}"
     tmp = final.with_name(f".tmp-{final.name}")
@@ -111,9 +116,13 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng-{acc.process_index}.pt")  # per process: dropout streams differ
+    if sharded:  # collective: every process takes part, the main one receives the full tensors
+        weights, optimizer_state = fsdp.gather_trainable(model), fsdp.gather_optimizer(model, optimizer)
+    elif acc.is_main_process:
+        weights, optimizer_state = _trainable_state(model), optimizer.state_dict()
     if acc.is_main_process:
-        torch.save(_trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(weights, tmp / "trainable.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         epoch, i = divmod(step, steps_per_epoch)
         write_json(
@@ -124,6 +133,7 @@ def save_checkpoint(
                 "batch_in_epoch": i,
                 "total_steps": total_steps,
                 "world_size": acc.num_processes,
+                "sharded": sharded,
                 "tokens": tokens,
                 "train_seconds": train_seconds(),
             },
@@ -158,11 +168,21 @@ def save_model(
     steps: int,
     tokens: int,
     train_seconds: Callable[[], float],
+    unsharded: Callable[[], tuple[Any, Any]] | None = None,
 ) -> Path:
     """Merge the adapter and save the embedder folder ``run_dir/model`` (plus ``adapter/`` and
     ``training.json``: the config, data manifest, training datasets, steps, tokens and wall time); every
-    process must call it, the main process writes."""
+    process must call it, the main process writes.
+
+    ``unsharded`` (a sharded run): builds an unsharded ``(embedder, peft model)`` like the student; every
+    process gathers the full weights, the main process loads them into that copy and exports it.
+    """
     out = run_dir / "model"
+    if unsharded is not None:
+        full = fsdp.gather_full(emb.model)  # collective
+        if acc.is_main_process:
+            emb, peft_model = unsharded()
+            emb.model.load_state_dict(full, strict=True)  # every weight, frozen ones too
     if not acc.is_main_process:
         acc.wait_for_everyone()
         return out

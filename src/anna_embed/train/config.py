@@ -187,6 +187,10 @@ class RunSection:
         eval_file: STS-style JSONL ``{sentence1, sentence2, score}`` for the quick evaluation.
         eval_task: Task whose instruction the quick evaluation uses.
         eval_max_pairs: Pairs used by the quick evaluation.
+        distributed: How several processes share the model: ``ddp`` (every process holds all weights;
+            also one process) or ``fsdp`` (weights, gradients and optimizer state sharded per transformer
+            layer with FSDP2, :mod:`anna_embed.train.fsdp`; launch with ``torchrun`` or a plain multi-GPU
+            accelerate config, not accelerate's FSDP plugin).
     """
 
     output_dir: str = "outputs/train"
@@ -198,6 +202,7 @@ class RunSection:
     eval_file: str | None = None
     eval_task: str = "STSBenchmark"
     eval_max_pairs: int = 200
+    distributed: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass(frozen=True)

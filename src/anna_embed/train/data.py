@@ -3,7 +3,8 @@
 Two record shapes are accepted, one JSON object per line:
 
 * mining output: ``{query, pos: [..], neg: [..], pos_scores: [..], neg_scores: [..], task, type,
-  instruction}`` (scores optional, but when present one per text);
+  instruction}`` (scores optional, but when present one finite number per text; a record without them
+  gets NaN, the one representation of an unknown teacher score from here to the loss);
 * plain pairs: ``{query, positive, negative?, task?}`` (``negative`` a string or a list).
 
 ``task`` may instead come from the data source (config), and so may a bi-encoder teacher's vectors of every
@@ -48,14 +49,18 @@ STREAM_BATCHES, STREAM_RECORD = 0, 1
 
 @dataclass(frozen=True)
 class TrainRecord:
-    """One validated training record."""
+    """One validated training record.
+
+    ``pos_scores`` / ``neg_scores`` hold one teacher score per positive / negative, NaN where the file
+    gives none (the one representation of an unknown score, up to the loss).
+    """
 
     query: str
     positives: tuple[str, ...]
     task: TaskSpec
+    pos_scores: tuple[float, ...]
     negatives: tuple[str, ...] = ()
-    pos_scores: tuple[float, ...] | None = None
-    neg_scores: tuple[float, ...] | None = None
+    neg_scores: tuple[float, ...] = ()
     instruction: str | None = None
     label: str | None = None
     where: str = ""
@@ -71,9 +76,10 @@ def rng_for(seed: int, epoch: int, index: int, stream: int = STREAM_RECORD) -> n
     return np.random.default_rng(np.random.SeedSequence([seed, epoch, index, stream]))
 
 
-def _scores(value: Any, n: int, path: Path, line: int, name: str) -> tuple[float, ...] | None:
+def _scores(value: Any, n: int, path: Path, line: int, name: str) -> tuple[float, ...]:
+    """``n`` finite scores from the file, or ``n`` NaN (unknown) when it gives none."""
     if value is None:
-        return None
+        return (math.nan,) * n
     if not isinstance(value, list) or len(value) != n:
         raise InputError(path, line, f"expected a list of {n} numbers (one per text)", field=name)
     out = []
@@ -252,22 +258,23 @@ class TrainingSet:
 
     def sample_group(
         self, index: int, *, seed: int, epoch: int, group_size: int
-    ) -> tuple[list[str], list[float] | None]:
+    ) -> tuple[list[str], list[float]]:
         """The document group of record ``index``: one positive, then ``group_size - 1`` negatives.
 
         Mined negatives are drawn without replacement; when a record has too few, the rest are positives
-        of other records of the same task (random negatives). Teacher scores come back only when every
-        document of the group has one.
+        of other records of the same task (random negatives). The teacher score of each document comes
+        with it, NaN where unknown (a record without scores, a random negative): the loss leaves a group
+        with any NaN out of its KL term.
         """
         rec = self.records[index]
         rng = rng_for(seed, epoch, index, stream=STREAM_RECORD + 1)
         p = int(rng.integers(len(rec.positives)))
-        docs, teacher = [rec.positives[p]], [rec.pos_scores[p] if rec.pos_scores else math.nan]
+        docs, teacher = [rec.positives[p]], [rec.pos_scores[p]]
         n_neg = group_size - 1
         take = rng.permutation(len(rec.negatives))[:n_neg]
         for j in take:
             docs.append(rec.negatives[int(j)])
-            teacher.append(rec.neg_scores[int(j)] if rec.neg_scores else math.nan)
+            teacher.append(rec.neg_scores[int(j)])
         pool = self.pools[rec.task.name]
         own_texts = set(rec.positives)
         for _ in range(16 * n_neg + 16):
@@ -278,13 +285,13 @@ class TrainingSet:
             if other is rec or text in own_texts or text in docs:
                 continue
             docs.append(text)
-            teacher.append(math.nan)
+            teacher.append(math.nan)  # a random negative: no teacher score
         if len(docs) < group_size:
             raise ValueError(
                 f"{rec.where}: cannot fill a group of {group_size} for task {rec.task.name} "
                 f"(only {len(pool)} records); lower group_size or add data"
             )
-        return docs, (None if any(math.isnan(t) for t in teacher) else teacher)
+        return docs, teacher
 
 
 def _load_teacher_vectors(

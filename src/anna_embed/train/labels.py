@@ -1,9 +1,9 @@
 """A batch's labels as tensors for the loss, besides its targets (the positive's column, which the loss
 knows from the batch geometry): the teacher's soft labels and the candidates no query may be pushed from.
 
-* :func:`soft_labels`: the mined scores of each query's group and, with ``loss.distill_scope = "batch"``,
-  the teacher's scores of every candidate the student scores (from the bi-encoder teacher's vectors that
-  mining saved, gathered across processes in rank order);
+* :func:`soft_labels`: the mined scores of each query's group (NaN where unknown) and, with
+  ``loss.distill_scope = "batch"``, the teacher's scores of every candidate the student scores (from the
+  bi-encoder teacher's vectors that mining saved, gathered across processes in rank order);
 * :func:`own_positives`: the candidates that are copies of a query's own positives (all processes'
   documents when they are gathered for in-batch negatives).
 """
@@ -19,13 +19,13 @@ from anna_embed.train.batches import TrainBatch, own_positive_mask
 
 def soft_labels(
     batch: TrainBatch, acc: Any, *, scope: str, vectors: str | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(teacher [B, G], mask [B], teacher_batch [B, M * G] or None)`` of one process's batch.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(teacher [B, G], teacher_batch [B, M * G] or None)`` of one process's batch.
 
-    ``teacher`` holds each group's mined scores (zeros where a row has none), ``mask`` which rows have
-    them; ``teacher_batch`` is ``t_q @ t_d.T`` over every process's documents when ``scope`` is ``batch``
-    and the batch uses in-batch negatives (every process must call this: the gather is collective), else
-    None (the group KL applies).
+    ``teacher`` holds each group's mined scores, NaN where unknown (the loss leaves such rows out of the
+    KL term); ``teacher_batch`` is ``t_q @ t_d.T`` over every process's documents when ``scope`` is
+    ``batch`` and the batch uses in-batch negatives (every process must call this: the gather is
+    collective), else None (the group KL applies).
 
     Args:
         batch: This process's batch.
@@ -36,10 +36,8 @@ def soft_labels(
     Raises:
         ValueError: ``scope`` is ``batch`` but the training set has no teacher vectors.
     """
-    g, world = batch.group_size, acc.num_processes
-    rows = [t if t is not None else [0.0] * g for t in batch.teacher_scores]
-    teacher = torch.tensor(rows, dtype=torch.float32, device=acc.device)  # [B, G]
-    mask = torch.tensor([t is not None for t in batch.teacher_scores], device=acc.device)  # [B]
+    world = acc.num_processes
+    teacher = torch.as_tensor(batch.teacher_scores, dtype=torch.float32, device=acc.device)  # [B, G]
     teacher_batch = None  # [B, M * G]: loss.distill_scope = "batch" on a batch with in-batch negatives
     if scope == "batch" and batch.in_batch:
         if vectors is None:
@@ -57,7 +55,7 @@ def soft_labels(
             t_d = torch.as_tensor(batch.teacher_d_emb, dtype=torch.float32, device=dev)  # [B * G, Dt]
             t_d = acc.gather(t_d)  # [M * G, Dt], rank order like the student's (plain, no grad)
             teacher_batch = t_q @ t_d.T  # [B, M * G]
-    return teacher, mask, teacher_batch
+    return teacher, teacher_batch
 
 
 def own_positives(batch: TrainBatch, acc: Any, offset: int) -> torch.Tensor:

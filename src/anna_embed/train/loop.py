@@ -37,6 +37,7 @@ from anna_embed.train.batches import TrainBatch, collate, plan_batches, uses_in_
 from anna_embed.train.checkpoint import save_checkpoint, save_model
 from anna_embed.train.config import TrainConfig, validate
 from anna_embed.train.data import TrainingSet
+from anna_embed.train.fsdp import clip_gradients, configure_launch, shard
 from anna_embed.train.gradcache import close_process_group_at_exit as close_group_at_exit
 from anna_embed.train.gradcache import gather_with_grad, grad_cache_step, sum_over_processes
 from anna_embed.train.labels import own_positives, soft_labels
@@ -53,7 +54,7 @@ from anna_embed.train.report import (
 )
 from anna_embed.train.resume import load_checkpoint
 from anna_embed.train.run_folder import check_saved_config, claim_run_folder
-from anna_embed.train.schedule import Phase, lr_factor, phase, plan_steps
+from anna_embed.train.schedule import Phase, group_size, lr_factor, phase, plan_steps
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +85,9 @@ class Trainer:
         # cpu=True without CUDA: accelerate then sets up gloo under torchrun (2 CPU processes in the tests)
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=not torch.cuda.is_available())
         close_group_at_exit()
-        ds = self.acc.state.deepspeed_plugin
-        if ds is not None:  # no DataLoader is prepared, so DeepSpeed cannot infer the batch size itself
-            ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.optim.batch_size
-            ds.deepspeed_config["train_batch_size"] = cfg.optim.batch_size * self.acc.num_processes
+        configure_launch(self.acc, cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.sharded = cfg.run.distributed == "fsdp" and self.world > 1  # one process: nothing to shard
         claim_run_folder(self.acc, self.run_dir, C.to_dict(cfg), resume=resume, force=force)
         torch.manual_seed(cfg.run.seed)
         if not cfg.data.sources:
@@ -109,6 +108,8 @@ class Trainer:
                 self.acc, [batch_tokens(self.emb, self._collate_step(s)) for s in steps]
             ),
         )
+        if self.sharded:  # before the optimizer, which must hold the sharded parameters
+            shard(self.emb.model, world=self.world, mixed_precision=cfg.optim.mixed_precision)
         params = [p for p in self.emb.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -117,8 +118,11 @@ class Trainer:
                 s, warmup=cfg.optim.warmup_steps, total=self.total_steps, kind=cfg.optim.scheduler
             ),
         )
-        # the scheduler stays unprepared: accelerate would step it once per process
-        self.module, self.optimizer = self.acc.prepare(EmbedModule(self.emb), self.optimizer)
+        # the scheduler stays unprepared: accelerate would step it once per process. A sharded backbone is
+        # not prepared either: FSDP's hooks gather its weights and reduce its gradients
+        self.module = EmbedModule(self.emb)
+        if not self.sharded:
+            self.module, self.optimizer = self.acc.prepare(self.module, self.optimizer)
         self.step = 0
         self.tokens = 0  # non-pad tokens encoded so far, all processes (see batch_tokens)
         self.seconds_before = 0.0  # training wall time of earlier sessions (a resumed run)
@@ -136,6 +140,7 @@ class Trainer:
                 config=C.to_dict(self.cfg),
                 manifest=self.manifest,
                 total_steps=self.total_steps,
+                sharded=self.sharded,
             )
         ):
             self.last_checkpoint, state = found
@@ -184,7 +189,7 @@ class Trainer:
                     "Lower optim.lr, raise loss.student_temperature or check the data, then --resume."
                 )
             if cfg.optim.grad_clip > 0:
-                self.acc.clip_grad_norm_(self.module.parameters(), cfg.optim.grad_clip)
+                clip_gradients(self.acc, self.module, cfg.optim.grad_clip, sharded=self.sharded)
             lr = self.scheduler.get_last_lr()[0]  # the rate this update uses
             self.optimizer.step()
             self.scheduler.step()
@@ -237,7 +242,7 @@ class Trainer:
 
     def _train_step(self, batch: TrainBatch) -> losses.LossOutput:
         """Tokens -> embeddings -> loss -> backward for one batch (GradCache: the same, chunk by chunk)."""
-        teacher, mask, teacher_batch = soft_labels(
+        teacher, teacher_batch = soft_labels(
             batch, self.acc, scope=self.cfg.loss.distill_scope, vectors=self.data.teacher
         )
         if self.cfg.loss.grad_cache_chunk > 0:
@@ -247,13 +252,13 @@ class Trainer:
                 batch,
                 self.acc,
                 chunk=self.cfg.loss.grad_cache_chunk,
-                loss_fn=lambda q, d: self._loss(q, d, batch, teacher, mask, teacher_batch),
+                loss_fn=lambda q, d: self._loss(q, d, batch, teacher, teacher_batch),
             )
         # queries and documents in separate forwards, so short queries are not padded to document length
         q_emb = self.module(**self.emb.tokenize(batch.queries, extra=batch.query_extra or None))  # [B, D]
         d_tokens = self.emb.tokenize(batch.documents, extra=batch.document_extra or None)
         d_emb = self.module(**d_tokens)  # [B * G, D]
-        out = self._loss(q_emb, d_emb, batch, teacher, mask, teacher_batch)  # loss
+        out = self._loss(q_emb, d_emb, batch, teacher, teacher_batch)  # loss
         if torch.isfinite(out.loss):
             self.acc.backward(out.loss)  # backward (a non-finite loss stops the run in fit)
         return out
@@ -264,7 +269,6 @@ class Trainer:
         d_emb: torch.Tensor,
         batch: TrainBatch,
         teacher: torch.Tensor,
-        mask: torch.Tensor,
         teacher_batch: torch.Tensor | None = None,
     ) -> losses.LossOutput:
         """:func:`~anna_embed.train.losses.embedding_loss` of this process's queries against its documents,
@@ -279,7 +283,6 @@ class Trainer:
             own_positive=own_positives(batch, self.acc, offset),
             student_temperature=lc.student_temperature,
             teacher_scores=teacher,
-            teacher_mask=mask,
             teacher_temperature=lc.teacher_temperature,
             kl_weight=self._kl_weight(),
             query_offset=offset,
@@ -323,18 +326,11 @@ class Trainer:
         return 0.0 if self._phase(self.step) == "in_batch_only" else self.cfg.loss.kl_weight
 
     def _group_size(self, indices: Sequence[int], *, step: int | None = None) -> int:
-        """``G`` of a batch at ``step`` (default: the current one).
-
-        Batches that use in-batch negatives take 1 in the ``in_batch_only`` phase, else
-        ``data.in_batch_group_size`` (when set); group-only batches (classification, clustering) always take
-        ``data.group_size``, their label negatives.
-        """
-        d = self.cfg.data
-        if not uses_in_batch(self.data.records[indices[0]].task, d.in_batch):
-            return d.group_size
-        if self._phase(self.step if step is None else step) == "in_batch_only":
-            return 1
-        return d.in_batch_group_size if d.in_batch_group_size is not None else d.group_size
+        """``G`` of a batch at ``step`` (default: the current one); see :func:`.schedule.group_size`."""
+        in_batch = uses_in_batch(self.data.records[indices[0]].task, self.cfg.data.in_batch)
+        return group_size(
+            self.cfg.data, in_batch=in_batch, phase=self._phase(self.step if step is None else step)
+        )
 
     # ------------------------------------------------------------------ records, checkpoints, output
     def _count_prompts(self, batch: TrainBatch) -> None:
@@ -343,10 +339,12 @@ class Trainer:
         self.prompt_stats = {k: self.prompt_stats.get(k, 0) + v for k, v in counts.items()}
 
     def _quick_eval(self, writer: Any) -> None:
-        if self.acc.is_main_process and self.cfg.run.eval_file:
+        """Quick validation on the main process, or on all of a sharded run's (forwards gather weights)."""
+        if (self.acc.is_main_process or self.sharded) and self.cfg.run.eval_file:
             row = quick_eval_row(self.emb, self.cfg.run, step=self.step, tokens=self.tokens)
             self.module.train()
-            log_row(self.run_dir, row, writer)
+            if self.acc.is_main_process:
+                log_row(self.run_dir, row, writer)
 
     def _train_seconds(self) -> float:
         """Wall seconds spent in :meth:`fit` so far, earlier sessions of a resumed run included."""
@@ -369,6 +367,7 @@ class Trainer:
             tokens=self.tokens,
             train_seconds=self._train_seconds,
             keep=self.cfg.run.keep_checkpoints,
+            sharded=self.sharded,
         )
         return self.last_checkpoint
 
@@ -385,6 +384,8 @@ class Trainer:
             steps=self.step,
             tokens=self.tokens,
             train_seconds=self._train_seconds,
+            # a sharded backbone is exported from an unsharded copy that receives the gathered weights
+            unsharded=(lambda: load_student(self.cfg, device="cpu")[1:]) if self.sharded else None,
         )
 
 

@@ -27,6 +27,10 @@ Its scope (``loss.distill_scope``):
 
 The only normalisation of teacher scores is the division by ``tau_t``, so ``tau_t`` must match the
 teacher's scale (about 1 for logit-scale rerankers, 0.02-0.05 for cosine teachers).
+
+An unknown teacher score is NaN, from the mined file to the loss (a record without scores, a random
+negative): a row with any non-finite teacher score is left out of the KL term, which averages over the
+rows that remain (:func:`distill_kl`); InfoNCE still covers every row.
 """
 
 from __future__ import annotations
@@ -98,34 +102,37 @@ def distill_kl(
     *,
     student_temperature: float,
     teacher_temperature: float,
-    mask: Tensor | None = None,
     exclude: Tensor | None = None,
 ) -> Tensor:
     """``KL(softmax(teacher / tau_t) || softmax(student / tau_s))`` per row, averaged over kept rows.
 
     The candidates of a row are its ``N`` columns: a query's own group (``N = G``, ``distill_scope =
     "group"``) or every document of the batch (``N = M * G``, ``"batch"``, see :func:`embedding_loss`).
+    A row is kept when every one of its ``N`` teacher scores is finite: NaN marks an unknown score, and a
+    row with one (excluded column or not) contributes nothing, neither value nor gradient.
 
     Args:
         student_scores: ``[B, N]`` student scores.
-        teacher_scores: ``[B, N]`` teacher scores, same columns.
+        teacher_scores: ``[B, N]`` teacher scores, same columns; NaN where unknown.
         student_temperature: ``tau_s``.
         teacher_temperature: ``tau_t``.
-        mask: ``[B]`` bool, True for rows that have teacher scores; None keeps every row.
         exclude: ``[B, N]`` bool, True for candidates left out of both distributions (a copy of one of
             the query's own positives, see :func:`embedding_loss`); never the positive's column.
 
     Returns:
-        A scalar; 0 (with grad) when no row is kept.
+        A scalar: the sum of the kept rows' KL divided by their number; 0 (with grad) when no row is kept.
 
     Example:
         One query, three candidates, the third excluded, both temperatures 1, student ``[0, 0, 5]``,
         teacher ``[log 3, 0, 9]``: the teacher's distribution over the two kept candidates is
         ``(3/4, 1/4)``, the student's ``(1/2, 1/2)``, so the loss is
-        ``3/4 log(3/2) + 1/4 log(1/2) ~ 0.1308``; the excluded column adds nothing.
+        ``3/4 log(3/2) + 1/4 log(1/2) ~ 0.1308``; the excluded column adds nothing. A second row with
+        teacher ``[NaN, 0, 0]`` would leave the result unchanged (kept rows: 1).
     """
+    kept = torch.isfinite(teacher_scores).all(dim=-1)  # [B]
     s = student_scores / student_temperature  # [B, N]
-    t = teacher_scores.to(s.dtype) / teacher_temperature  # [B, N]
+    # unknown rows become zeros (any finite value: the row is dropped below), so no NaN reaches a gradient
+    t = teacher_scores.to(s.dtype).masked_fill(~kept[:, None], 0.0) / teacher_temperature  # [B, N]
     if exclude is not None:  # excluded candidates leave both distributions
         s = s.masked_fill(exclude, float("-inf"))
         t = t.masked_fill(exclude, float("-inf"))
@@ -135,10 +142,8 @@ def distill_kl(
     if exclude is not None:
         terms = terms.masked_fill(exclude, 0.0)
     per_row = terms.sum(dim=-1)  # [B]
-    if mask is None:
-        return per_row.mean()
-    kept = mask.to(per_row.dtype)  # [B]
-    return (per_row * kept).sum() / kept.sum().clamp(min=1.0)
+    weight = kept.to(per_row.dtype)  # [B]
+    return (per_row * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def embedding_loss(
@@ -149,7 +154,6 @@ def embedding_loss(
     in_batch: bool,
     student_temperature: float = 0.02,
     teacher_scores: Tensor | None = None,
-    teacher_mask: Tensor | None = None,
     teacher_temperature: float = 1.0,
     kl_weight: float = 0.0,
     query_offset: int = 0,
@@ -165,8 +169,9 @@ def embedding_loss(
         group_size: ``G`` (1 positive + ``G - 1`` negatives).
         in_batch: True: score against all documents ``[B, M * G]``; False: only the own group ``[B, G]``.
         student_temperature: ``tau_s``.
-        teacher_scores: ``[B, G]`` teacher scores of each query's group, or None.
-        teacher_mask: ``[B]`` rows whose ``teacher_scores`` are valid.
+        teacher_scores: ``[B, G]`` teacher scores of each query's group, NaN where unknown (None: no
+            teacher at all). A row with any non-finite score is left out of the KL term, which averages
+            over the remaining rows (:func:`distill_kl`); InfoNCE still covers it.
         teacher_temperature: ``tau_t``.
         kl_weight: ``lambda``; the KL term is skipped when 0 or without teacher scores.
         query_offset: Global index of ``q_emb[0]``'s group inside ``d_emb``.
@@ -214,7 +219,6 @@ def embedding_loss(
             teacher_scores,
             student_temperature=student_temperature,
             teacher_temperature=teacher_temperature,
-            mask=teacher_mask,
             exclude=own_ex,
         )
     else:

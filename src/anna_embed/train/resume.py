@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from anna_embed.io import atomic_write
+from anna_embed.train import fsdp
 from anna_embed.train.checkpoint import SKIPPED_PREFIX, checkpoints
 from anna_embed.train.run_folder import RunFolderError, config_differences, read_saved_config
 
@@ -191,8 +192,17 @@ def _check_same_run(
         )
 
 
-def _restore(ck: _Checkpoint, *, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+def _restore(
+    ck: _Checkpoint, *, model: torch.nn.Module, optimizer: Any, scheduler: Any, sharded: bool, rank: int
+) -> None:
     """Apply a read checkpoint: trainable weights, optimizer, scheduler, this process's RNG."""
+    if sharded:  # collective: the main process's copy is scattered into every process's shards
+        try:
+            fsdp.restore(model, optimizer, ck.weights, ck.optimizer, rank=rank)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{ck.folder / 'trainable.pt'}: does not fit the model ({err})") from None
+        _restore_schedule_and_rng(ck, scheduler)
+        return
     params = dict(model.named_parameters())
     path = ck.folder / "trainable.pt"
     missing = [n for n, p in params.items() if p.requires_grad and n not in ck.weights]
@@ -209,6 +219,10 @@ def _restore(ck: _Checkpoint, *, model: torch.nn.Module, optimizer: Any, schedul
         optimizer.load_state_dict(ck.optimizer)
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{ck.folder / 'optimizer.pt'}: does not fit the optimizer ({err})") from None
+    _restore_schedule_and_rng(ck, scheduler)
+
+
+def _restore_schedule_and_rng(ck: _Checkpoint, scheduler: Any) -> None:
     scheduler.load_state_dict(ck.scheduler)
     try:
         set_rng_state(ck.rng)
@@ -226,6 +240,7 @@ def load_checkpoint(
     config: Mapping[str, Any],
     manifest: Mapping[str, Any],
     total_steps: int,
+    sharded: bool = False,
 ) -> tuple[Path, dict[str, Any]] | None:
     """Restore the newest checkpoint whose files all load, in place (trainable weights, optimizer,
     scheduler, this process's RNG), and drop the metrics rows logged after it; returns
@@ -244,6 +259,8 @@ def load_checkpoint(
             :data:`~anna_embed.train.run_folder.HARMLESS_KEYS`).
         manifest: This run's data manifest; the files' SHA-256 must match the checkpoint's.
         total_steps: This run's planned steps; must match the checkpoint's.
+        sharded: The model is sharded with FSDP (``run.distributed``, part of the config, so a checkpoint
+            is only resumed by a run that shards the same way).
 
     Raises:
         CheckpointError: No checkpoint can be loaded; the message names each file and why.
@@ -259,7 +276,14 @@ def load_checkpoint(
         try:
             ck = _read(ckpt, rank=acc.process_index, world=acc.num_processes)
             _check_same_run(ck, config=config, manifest=manifest, total_steps=total_steps)
-            _restore(ck, model=model, optimizer=optimizer, scheduler=scheduler)
+            _restore(
+                ck,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                sharded=sharded,
+                rank=acc.process_index,
+            )
         except CheckpointError as err:
             skipped.append((ckpt, err))
             older = found[found.index(ckpt) - 1] if found.index(ckpt) > 0 else None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from anna_embed.train.config import OptimSection
+from anna_embed.train.config import DataSection, OptimSection
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,20 @@ def phase(step: int, hard_negatives_after: int) -> Phase:
     """The curriculum's phase of 0-based ``step``: ``in_batch_only`` before ``hard_negatives_after`` (as
     the ablation's ``inbatch_only`` variant trains), ``full`` from then on."""
     return "in_batch_only" if step < hard_negatives_after else "full"
+
+
+def group_size(data: DataSection, *, in_batch: bool, phase: Phase) -> int:
+    """``G`` (positive + negatives per query) of a batch in the curriculum's ``phase``.
+
+    Batches that use in-batch negatives take 1 in the ``in_batch_only`` phase, else
+    ``data.in_batch_group_size`` (when set); group-only batches (classification, clustering) always take
+    ``data.group_size``, their label negatives.
+    """
+    if not in_batch:
+        return data.group_size
+    if phase == "in_batch_only":
+        return 1
+    return data.in_batch_group_size if data.in_batch_group_size is not None else data.group_size
 
 
 def plan_steps(
