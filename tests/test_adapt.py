@@ -172,20 +172,23 @@ def test_a_crashed_training_resumes_and_a_changed_one_starts_afresh(
 
     real, calls = anna_embed.train.train, []
 
-    def spy(cfg: object, *, resume: bool = False, crash_at: int | None = None) -> Path:
+    def spy(cfg: object, *, resume: bool = False, force: bool = False, crash_at: int | None = None) -> Path:
         calls.append(resume)
+        assert force is not resume  # as the pipeline: a run that is not resumed replaces the folder's
 
         def crash(info: object) -> None:
             if info.step == crash_at:
                 raise KeyboardInterrupt
 
-        return real(cfg, resume=resume, callbacks=[crash] if crash_at else [])
+        return real(cfg, resume=resume, force=force, callbacks=[crash] if crash_at else [])
 
     out = tmp_path / "out"
     base = [f"train.model.name={tiny['model']}", f"data.train={tiny['beir']}", f"output_dir={out}"]
     base += [*_small(tiny, out), "negatives=in_batch", "train.optim.max_steps=4"]
     monkeypatch.setattr(
-        anna_embed.train, "train", lambda cfg, resume=False: spy(cfg, resume=resume, crash_at=3)
+        anna_embed.train,
+        "train",
+        lambda cfg, resume=False, force=False: spy(cfg, resume=resume, force=force, crash_at=3),
     )
     with pytest.raises(KeyboardInterrupt):
         run(load_config(None, base))

@@ -11,7 +11,7 @@ from anna_embed import config as C
 from anna_embed.io import read_jsonl
 from anna_embed.pipeline import DEMO_CONFIG, PipelineConfig, SourceSpec, demo_path, run
 from anna_embed.pipeline.data import mines, prepare_sources
-from anna_embed.stage import Stage
+from anna_embed.stage import Stage, Timer
 
 
 def test_demo_config_round_trips_through_the_config_mechanism():
@@ -216,6 +216,35 @@ def test_a_stage_resumes_only_work_started_with_its_own_fingerprint(tmp_path):
     assert not Stage(tmp_path, "train", "bbbb", force=False).resumable()  # another config: afresh
     assert not Stage(tmp_path, "train", "aaaa", force=False).resumable()  # the folder is now bbbb's
     assert Stage(tmp_path, "train", "aaaa", force=False).resumable()
+    # what pipeline and adapt hand the trainer: a run that is not resumed replaces the folder's
+    assert Stage(tmp_path, "train", "cccc", force=False).resume_or_restart() == {
+        "resume": False,
+        "force": True,
+    }
+    assert Stage(tmp_path, "train", "cccc", force=False).resume_or_restart() == {
+        "resume": True,
+        "force": False,
+    }
+
+
+def test_a_stage_runs_its_work_once_and_keeps_its_seconds(tmp_path):
+    timed, calls = Timer(), []
+    info = Stage(tmp_path, "mine", "fp", force=False).run(
+        timed, "mine", lambda: calls.append(1) or {"summary": ["x"]}, lambda m: {"summary": m["summary"]}
+    )
+    assert calls == [1] and (tmp_path / "mine").is_dir()
+    assert info == {"fingerprint": "fp", "summary": ["x"], "seconds": timed.seconds["mine"]}
+
+    def boom() -> None:
+        raise AssertionError("a finished stage ran again")
+
+    again = Timer()
+    assert Stage(tmp_path, "mine", "fp", force=False).run(again, "mine", boom, dict) == info
+    assert again.seconds == {}  # skipped: absent from this run's timings (the pipeline's report)...
+    Stage(tmp_path, "mine", "fp", force=False).run(again, "mine", boom, dict, recall_time=True)
+    assert again.seconds == {"mine": info["seconds"]}  # ...or the time of the run that did it (adapt's)
+    with pytest.raises(AssertionError, match="ran again"):
+        Stage(tmp_path, "mine", "fp", force=True).run(again, "mine", boom, dict)
 
 
 def test_pipeline_force_and_a_changed_config_restart_training_instead_of_refusing(make_embedder, tmp_path):

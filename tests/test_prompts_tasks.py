@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 
 from anna_embed import prompts as P
+from anna_embed.shots import few_shot_pool, sample_examples
 from anna_embed.tasks import (
     TASK_TYPES,
     TASKS,
     UnknownTaskError,
     benchmark_tasks,
-    few_shot_pool,
     get_task,
-    sample_examples,
 )
 
 # The shared data folder beside the checkout (or $ANNA_EMBED_SHARED); tests that need it skip without it.

@@ -39,7 +39,7 @@ from anna_embed.serve.batcher import Batcher, Job, PrefixCache, PromptSpec, plan
 from anna_embed.serve.cli import add_cli, bind, load_config  # noqa: E402
 from anna_embed.serve.config import ServeConfig  # noqa: E402
 from anna_embed.serve.metrics import ServeMetrics  # noqa: E402
-from anna_embed.tasks import sample_examples  # noqa: E402
+from anna_embed.shots import sample_examples  # noqa: E402
 
 TEXTS = [
     "A man is playing a guitar on the stage.",

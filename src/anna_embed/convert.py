@@ -23,7 +23,6 @@ Random choices for record ``i`` come from ``np.random.default_rng((seed, i))``.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -32,6 +31,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from anna_embed.beir import document_text as document_text  # the one joiner; mine.inputs reads it here
+from anna_embed.beir import iter_qrels, read_documents
 from anna_embed.io import InputError, iter_jsonl, write_jsonl
 from anna_embed.tasks import find_task
 
@@ -40,13 +41,6 @@ logger = logging.getLogger(__name__)
 Record = dict[str, Any]
 #: SNLI/MNLI integer labels (0 entailment, 1 neutral, 2 contradiction) and their names.
 NLI_LABELS: dict[Any, str] = {0: "entailment", 1: "neutral", 2: "contradiction"}
-
-
-def document_text(rec: dict[str, Any]) -> str:
-    """A BEIR document as one string: ``"{title} {text}"``, or the text alone when there is no title."""
-    title = (rec.get("title") or "").strip()
-    text = (rec.get("text") or "").strip()
-    return f"{title} {text}" if title else text
 
 
 def _task_fields(task: str, type_: str, instruction: str | None) -> Record:
@@ -223,28 +217,29 @@ def beir_records(
     instruction: str | None = None,
     min_score: int = 1,
 ) -> Iterator[Record]:
-    """BEIR retrieval data -> one record per judged query, all documents with ``score >= min_score``."""
+    """BEIR retrieval data -> one record per judged query, all documents with ``score >= min_score``.
+
+    Documents are joined by :func:`anna_embed.beir.document_text` (as mteb's evaluator joins them); the
+    qrels file is read by :func:`anna_embed.beir.iter_qrels`, and each of its lines must name a query and
+    a document the other files hold.
+    """
     fields = _task_fields(task, "Retrieval", instruction)
-    docs = {str(rec.get("_id")): document_text(rec) for _, rec in iter_jsonl(corpus, required=("_id",))}
+    docs = read_documents(corpus)
     texts = {
         str(rec["_id"]): _string(rec, "text", Path(queries), line)
         for line, rec in iter_jsonl(queries, required=("_id",))
     }
     relevant: dict[str, list[str]] = defaultdict(list)
-    qp = Path(qrels)
-    with qp.open(newline="", encoding="utf-8") as fh:
-        for line, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if line == 1 and row and row[0] == "query-id":
-                continue
-            if len(row) != 3 or not row[2].lstrip("-").isdigit():
-                raise InputError(qp, line, f"expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
-            if row[1] not in docs:
-                raise InputError(qp, line, f"document {row[1]!r} is not in {corpus}", field="corpus-id")
-            if int(row[2]) >= min_score:
-                relevant[row[0]].append(docs[row[1]])
+    for j in iter_qrels(qrels):
+        if j.document_id not in docs:
+            raise InputError(
+                qrels, j.line, f"document {j.document_id!r} is not in {corpus}", field="corpus-id"
+            )
+        if j.query_id not in texts:
+            raise InputError(qrels, j.line, f"query {j.query_id!r} is not in {queries}", field="query-id")
+        if j.score >= min_score:
+            relevant[j.query_id].append(docs[j.document_id])
     for qid, positives in relevant.items():
-        if qid not in texts:
-            raise InputError(qp, None, f"query {qid!r} is not in {queries}", field="query-id")
         yield {"query": texts[qid], "positive": positives} | fields
 
 

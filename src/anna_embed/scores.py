@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from anna_embed.tasks import TASK_TYPES
@@ -102,6 +102,29 @@ def fmt_score(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
+def score_cell(v: float | None) -> str:
+    """A score (x100) in a report's table cell: two decimals; ``—`` for a missing one."""
+    return fmt_score(v) or "—"
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table: the header line, the ``---`` rule, a line per row of cells.
+
+    Args:
+        head: The column names.
+        rows: The rows' cells, as text.
+
+    Example:
+        >>> print(markdown_table(["model", "SciFact"], [["base", "64.50"]]))
+        | model | SciFact |
+        |---|---|
+        | base | 64.50 |
+    """
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def task_table(
     scores: Mapping[str, Mapping[str, float | None]],
     tasks: Sequence[str],
@@ -114,25 +137,20 @@ def task_table(
     A missing score shows as ``—``; a ``*`` marks a task the model was trained on (``trained_on``: label ->
     task names); ``mean`` adds a Mean(Task) column.
     """
-    fmt = lambda v: fmt_score(v) or "—"  # noqa: E731
-    head = ["model", *tasks, *(["Mean(Task)"] if mean else [])]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for label, row in scores.items():
         seen = set((trained_on or {}).get(label, ()))
-        cells = [fmt(row.get(t)) + ("*" if t in seen else "") for t in tasks]
-        if mean:
-            cells.append(fmt(mean_task(row, tasks)))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells = [label, *[score_cell(row.get(t)) + ("*" if t in seen else "") for t in tasks]]
+        rows.append([*cells, *([score_cell(mean_task(row, tasks))] if mean else [])])
+    return markdown_table(["model", *tasks, *(["Mean(Task)"] if mean else [])], rows)
 
 
 def format_leaderboard(rows: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of :func:`leaderboard` rows."""
     types = [t for t in TASK_TYPES if any(t in r["per_type"] for r in rows)]
     head = ["rank", "model", "Borda points", "Mean(Task)", "Mean(TaskType)", *types]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [
+    cells = [
+        [
             str(r["rank"]),
             r["model"],
             f"{r['borda_points']:g}",
@@ -140,5 +158,6 @@ def format_leaderboard(rows: Sequence[Mapping[str, Any]]) -> str:
             fmt_score(r["mean_type"]),
             *[fmt_score(r["per_type"].get(t)) for t in types],
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for r in rows
+    ]
+    return markdown_table(head, cells)

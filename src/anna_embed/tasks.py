@@ -10,11 +10,14 @@ query is and what should come back). The instruction is what
 from __future__ import annotations
 
 import difflib
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, get_args
+
+# The few-shot pool and draw live in anna_embed.shots; these names stay importable from here.
+from anna_embed.shots import DEFAULT_SHOT_SEED as DEFAULT_SHOT_SEED
+from anna_embed.shots import few_shot_pool as few_shot_pool
+from anna_embed.shots import sample_examples as sample_examples
 
 TaskType = Literal[
     "Classification",
@@ -413,102 +416,3 @@ def task_or_custom(name: str, type_: str, instruction: str | None = None) -> Tas
 def benchmark_tasks() -> list[TaskSpec]:
     """The 41 tasks of MTEB(eng, v2), in registry order."""
     return [t for t in _TASKS if t.in_benchmark]
-
-
-def few_shot_pool(task_type: str, folder: str | os.PathLike[str] | None) -> tuple[list[tuple[str, str]], str]:
-    """Candidate ``(query, response)`` few-shot pairs from a task folder's *training* data, and their file.
-
-    Per type (the first file that yields pairs wins):
-
-    * Classification: ``(text, label text)`` from ``train.jsonl``;
-    * STS: ``(sentence1, sentence2)`` pairs scoring at least 80% of the scale's top from ``train.jsonl``,
-      else ``validation.jsonl``;
-    * PairClassification: positive pairs of ``train.jsonl``, ``dev.jsonl`` or ``validation.jsonl`` (never
-      TwitterURLCorpus' ``train_lowercased.jsonl``, which MTEB scores as test data);
-    * Reranking: ``(query, first positive)`` from ``train.jsonl``;
-    * Retrieval: ``(query, first relevant document)`` from ``queries_train.jsonl``, ``qrels/train.tsv``
-      and ``corpus.jsonl``.
-
-    Test data is never used. Clustering, Summarization and folders without training data give ``[]``;
-    callers then encode zero-shot (the documented fallback) and record it.
-    """
-    from anna_embed.io import iter_jsonl
-
-    if folder is None:
-        return [], "none (no local folder)"
-    folder = Path(folder)
-    for name in ("train.jsonl", "dev.jsonl", "validation.jsonl"):
-        path = folder / name
-        if not path.is_file() or (task_type == "Classification" and name != "train.jsonl"):
-            continue
-        rows = [r for _, r in iter_jsonl(path, skip_blank=True)]
-        pool: list[tuple[str, str]] = []
-        if task_type == "Classification":
-            pool = [(str(r["text"]), str(r.get("label_text", r.get("label")))) for r in rows if r.get("text")]
-        elif task_type == "STS" and rows:
-            top = max(float(r["score"]) for r in rows)
-            pool = [(r["sentence1"], r["sentence2"]) for r in rows if float(r["score"]) >= 0.8 * top]
-        elif task_type == "PairClassification":
-            pool = [(r["sentence1"], r["sentence2"]) for r in rows if int(r.get("label", 0)) == 1]
-        elif task_type == "Reranking":
-            pool = [(r["query"], r["positive"][0]) for r in rows if r.get("positive")]
-        if pool:
-            return pool, name
-    qrels_path = folder / "qrels" / "train.tsv"
-    if task_type == "Retrieval" and qrels_path.is_file():
-        queries = {
-            r["_id"]: r["text"] for _, r in iter_jsonl(folder / "queries_train.jsonl", required=("_id",))
-        }
-        wanted: dict[str, str] = {}
-        with qrels_path.open(encoding="utf-8") as fh:
-            next(fh, None)  # header
-            for line in fh:
-                qid, did, score = line.rstrip("\n").split("\t")[:3]
-                if float(score) > 0 and qid in queries:
-                    wanted[qid] = min(did, wanted.get(qid, did))
-        needed = set(wanted.values())
-        docs = {
-            r["_id"]: f"{r.get('title', '')} {r.get('text', '')}".strip()
-            for _, r in iter_jsonl(folder / "corpus.jsonl", required=("_id",))
-            if r["_id"] in needed
-        }
-        pool = [(queries[q], docs[d]) for q, d in wanted.items() if d in docs]
-        return pool, "queries_train.jsonl + qrels/train.tsv"
-    return [], "none (no training split)"
-
-
-#: Default seed of the few-shot draw of ``anna-embed encode`` and ``anna-embed eval`` (one value for both).
-DEFAULT_SHOT_SEED = 42
-
-
-def sample_examples(
-    pool: Sequence[tuple[str, str]], k: int, *, seed: int = DEFAULT_SHOT_SEED, task: str = ""
-) -> list[tuple[str, str]]:
-    """``k`` examples drawn without replacement from ``pool``, by a RNG seeded with ``(seed, task)``.
-
-    Distinct responses come first (for classification: one example per label before any repeat). The
-    examples come back whole: the model clips and fits them by tokens
-    (:meth:`anna_embed.model.embedder.Embedder.query_prefix`), the rule training uses too. The same arguments
-    always give the same examples, so every query of an evaluation shares one prefix (and its KV cache).
-    """
-    import random
-
-    if k <= 0 or not pool:
-        return []
-    rng = random.Random(f"{seed}:{task}")
-    order = list(range(len(pool)))
-    rng.shuffle(order)
-    chosen: list[int] = []
-    seen: set[str] = set()
-    for i in order:  # distinct responses first
-        if len(chosen) == k:
-            break
-        if pool[i][1] not in seen:
-            chosen.append(i)
-            seen.add(pool[i][1])
-    for i in order:  # then anything not yet chosen
-        if len(chosen) == k:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    return [pool[i] for i in chosen]

@@ -8,7 +8,6 @@ queries. Every input is checked before anything heavy runs; errors name the file
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -16,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from anna_embed.adapt.config import AdaptConfig, PreparedData
+from anna_embed.beir import QRELS_HEADER, iter_qrels, queries_file, read_qrels
 from anna_embed.io import InputError, atomic_write, iter_jsonl, write_jsonl
 from anna_embed.tasks import find_task
 
@@ -34,30 +34,29 @@ def is_validation(query_id: str, fraction: float) -> bool:
 
 
 def _beir_parts(folder: Path, split: str) -> tuple[Path, Path, Path]:
-    """``(corpus, queries, qrels)`` of a BEIR folder's split, each checked to exist; a split other than
-    ``test`` reads ``queries_{split}.jsonl`` where there is one (as the evaluation's reader does)."""
-    queries = folder / f"queries_{split}.jsonl"
-    own = split != "test" and queries.is_file()
-    parts = (folder / "corpus.jsonl", queries if own else folder / "queries.jsonl")
-    qrels = folder / "qrels" / f"{split}.tsv"
-    for path in (*parts, qrels):
+    """``(corpus, queries, qrels)`` of a BEIR folder's split, each checked to exist; the queries file is
+    :func:`anna_embed.beir.queries_file` (as the evaluation's reader has it)."""
+    corpus, qrels = folder / "corpus.jsonl", folder / "qrels" / f"{split}.tsv"
+    queries = queries_file(folder, split)
+    for path in (corpus, queries, qrels):
         if not path.is_file():
             raise InputError(path, None, f"file not found (a BEIR folder's {split} split needs it)")
-    return parts[0], parts[1], qrels
+    return corpus, queries, qrels
 
 
 def _split_qrels(qrels: Path, fraction: float, train_out: Path, val_out: Path) -> set[str]:
-    """Copy ``qrels``' rows into a training and a validation file (by :func:`is_validation` of the query
-    id); returns the validation query ids."""
-    with qrels.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))
-    header = ["query-id", "corpus-id", "score"]
-    body = rows[1:] if rows and rows[0][:1] == ["query-id"] else rows
-    held = {r[0] for r in body if r and is_validation(r[0], fraction)}
+    """Copy ``qrels``' judgements into a training and a validation file (by :func:`is_validation` of the
+    query id); returns the validation query ids."""
+    judgements = list(iter_qrels(qrels))
+    held = {j.query_id for j in judgements if is_validation(j.query_id, fraction)}
     for path, keep in ((train_out, False), (val_out, True)):
         with atomic_write(path) as fh:
-            fh.write("\t".join(header) + "\n")
-            fh.writelines("\t".join(r) + "\n" for r in body if r and (r[0] in held) == keep)
+            fh.write("\t".join(QRELS_HEADER) + "\n")
+            fh.writelines(
+                f"{j.query_id}\t{j.document_id}\t{j.score}\n"
+                for j in judgements
+                if (j.query_id in held) == keep
+            )
     return held
 
 
@@ -130,8 +129,7 @@ def prepare_data(cfg: AdaptConfig, out: Path) -> PreparedData:
             json.loads(line)["query"] for line in records_path.read_text(encoding="utf-8").splitlines()
         }
         _, test_queries, test_qrels = _beir_parts(held_out, "test")
-        with test_qrels.open(newline="", encoding="utf-8") as fh:
-            judged = {row[0] for row in csv.reader(fh, delimiter="\t") if row}
+        judged = read_qrels(test_qrels)
         overlap = sum(
             str(r.get("_id")) in judged and str(r.get("text")) in trained for _, r in iter_jsonl(test_queries)
         )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from anna_embed.adapt.config import AdaptConfig, PreparedData, mine_config
-from anna_embed.io import atomic_write, write_json
+from anna_embed.scores import markdown_table, score_cell
+from anna_embed.stage import copy_figure, summary_section, write_report_files
 from anna_embed.tasks import find_task
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,11 @@ def evaluate(cfg: AdaptConfig, data: PreparedData, out: Path, cache: Path) -> di
     return results
 
 
-def _cell(score: float | None) -> str:
-    return "—" if score is None else f"{score:.2f}"
-
-
 def score_table(evals: dict[str, dict[str, Any]]) -> str:
     """Markdown: a row per split, base / adapted / change columns (nDCG@10 x100).
+
+    Args:
+        evals: What :func:`evaluate` returns.
 
     Example:
         >>> print(score_table({"held-out": {"task": "SciFact", "before": 64.5, "after": 66.0}}))
@@ -82,12 +81,12 @@ def score_table(evals: dict[str, dict[str, Any]]) -> str:
         |---|---|---|---|---|
         | held-out | SciFact | 64.50 | 66.00 | +1.50 |
     """
-    lines = ["| queries | task | base | adapted | change |", "|---|---|---|---|---|"]
+    rows = []
     for split, r in evals.items():
         before, after = r.get("before"), r.get("after")
         change = "—" if before is None or after is None else f"{after - before:+.2f}"
-        lines.append(f"| {split} | {r['task']} | {_cell(before)} | {_cell(after)} | {change} |")
-    return "\n".join(lines)
+        rows.append([split, r["task"], score_cell(before), score_cell(after), change])
+    return markdown_table(["queries", "task", "base", "adapted", "change"], rows)
 
 
 def write_report(
@@ -100,17 +99,15 @@ def write_report(
     """``OUT/report/README.md`` (scores, training and mining summaries, loss curve, mining histogram) and
     ``scores.json``; returns the table and the report's path."""
     rep = out / "report"
-    rep.mkdir(parents=True, exist_ok=True)
     table = score_table(evals) if evals else "No held-out queries given (--eval) and no validation split."
     training = json.loads((out / "model" / "training.json").read_text())
     mining: list[str] = []
     marker = out / "mine" / "stage.json"
+    mining_png = False
     if cfg.negatives == "mined" and marker.is_file():
         mining = json.loads(marker.read_text()).get("summary", [])
-        if (out / "mine" / "mined.scores.png").is_file():
-            shutil.copyfile(out / "mine" / "mined.scores.png", rep / "mining.png")
-    if (out / "train" / "loss.png").is_file():
-        shutil.copyfile(out / "train" / "loss.png", rep / "loss.png")
+        mining_png = copy_figure(out / "mine" / "mined.scores.png", rep / "mining.png")
+    copy_figure(out / "train" / "loss.png", rep / "loss.png")
     teacher = mine_config(cfg, data.task)
     m, lora = training["config"]["model"], training["config"]["lora"]  # as resolved for the model
     limited = f" (eval.limit = {cfg.eval.limit}: NOT comparable)" if cfg.eval.limit else ""
@@ -144,23 +141,14 @@ def write_report(
         "",
         "![loss](loss.png)",
         "",
-        "## Mining",
-        "",
-        *([f"    {line}" for line in mining] or ["No mining (negatives = in_batch)."]),
-        "",
-        *(["![mining](mining.png)", ""] if (rep / "mining.png").is_file() else []),
-        "## Wall time (seconds; a stage this run skipped shows the time of the run that did it)",
-        "",
-        *[f"- {k}: {v}" for k, v in timings.items()],
+        *summary_section("## Mining", mining, empty="No mining (negatives = in_batch)."),
+        *(["![mining](mining.png)", ""] if mining_png else []),
     ]
-    with atomic_write(rep / "README.md") as fh:
-        fh.write("\n".join(text) + "\n")
-    write_json(
-        rep / "scores.json",
-        {
-            "scores": evals,
-            "training": {k: training[k] for k in ("steps", "tokens", "train_seconds")},
-            "timings": timings,
-        },
-    )
-    return {"table": table, "scores": evals, "report": str(rep / "README.md")}
+    scores = {
+        "scores": evals,
+        "training": {k: training[k] for k in ("steps", "tokens", "train_seconds")},
+        "timings": timings,
+    }
+    heading = "## Wall time (seconds; a stage this run skipped shows the time of the run that did it)"
+    readme = write_report_files(rep, text, timings, heading, scores)
+    return {"table": table, "scores": evals, "report": str(readme)}

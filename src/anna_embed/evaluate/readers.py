@@ -7,13 +7,13 @@ documented in ``docs/EVALUATION.md``; :mod:`anna_embed.evaluate.tasks` turns the
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from anna_embed.beir import document_fields, queries_file, read_qrels
 from anna_embed.io import InputError, iter_jsonl
 from anna_embed.tasks import TASK_TYPES
 
@@ -152,22 +152,8 @@ def read_beir(folder: Path, split: str = "test", limit: int | None = None) -> di
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         raise TaskFolderError(qrels_path, None, "file not found")
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    with qrels_path.open(encoding="utf-8") as fh:
-        reader = csv.reader(fh, delimiter="\t")
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:3]] != ["query-id", "corpus-id", "score"]:
-            raise InputError(qrels_path, 1, "expected the header 'query-id<TAB>corpus-id<TAB>score'")
-        for lineno, row in enumerate(reader, start=2):
-            if len(row) < 3:
-                raise InputError(qrels_path, lineno, f"expected 3 tab-separated columns, got {len(row)}")
-            try:
-                qrels[row[0]][row[1]] = int(float(row[2]))
-            except ValueError:
-                raise InputError(qrels_path, lineno, f"not a number: {row[2]!r}", field="score") from None
-    queries_path = folder / ("queries.jsonl" if split == "test" else f"queries_{split}.jsonl")
-    if not queries_path.is_file() and split != "test":
-        queries_path = folder / "queries.jsonl"
+    qrels = read_qrels(qrels_path)
+    queries_path = queries_file(folder, split)
     queries: dict[str, list] = {"id": [], "text": []}
     for lineno, rec in iter_jsonl(queries_path, required=("_id", "text")):
         qid = str(rec["_id"])
@@ -179,17 +165,15 @@ def read_beir(folder: Path, split: str = "test", limit: int | None = None) -> di
     corpus_path = folder / "corpus.jsonl"
     n_other = 0
     for lineno, rec in iter_jsonl(corpus_path, required=("_id",)):
-        did = str(rec["_id"])
+        did, title, text = document_fields(corpus_path, lineno, rec)  # mteb joins them (beir.document_text)
         if keep_docs is not None and did not in keep_docs:
             if n_other >= 20 * (limit or 0):
                 continue
             n_other += 1
-        if "text" not in rec:
-            raise InputError(corpus_path, lineno, "missing", field="text")
         corpus["id"].append(did)
-        corpus["title"].append(str(rec.get("title") or ""))
-        corpus["text"].append(_string(corpus_path, lineno, rec, "text"))
-    relevant = {q: dict(qrels[q]) for q in queries["id"]}
+        corpus["title"].append(title)
+        corpus["text"].append(text)
+    relevant = {q: qrels[q] for q in queries["id"]}
     return {"corpus": corpus, "queries": queries, "relevant_docs": relevant}
 
 

@@ -24,7 +24,7 @@ from anna_embed.pipeline.config import PipelineConfig, demo_path
 from anna_embed.pipeline.data import prepare_sources
 from anna_embed.pipeline.report import write_report
 from anna_embed.records import teacher_embeddings_path
-from anna_embed.stage import Stage, Timer, fingerprint
+from anna_embed.stage import Stage, fingerprint, start_run
 from anna_embed.train.config import DataSource
 
 logger = logging.getLogger(__name__)
@@ -34,12 +34,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     """Run every stage (skipping finished ones); returns the report's data."""
     from anna_embed import evaluate, mine, train  # the stages' faces, looked up when called
 
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else root / "cache"
-    C.save(cfg, root / "config.json")
-    timed = Timer()  # logs one line per stage
-    timings = timed.seconds
+    folder = start_run(cfg, "config.json")
+    root, cache, timed = folder.root, folder.cache, folder.timed  # timed logs one line per stage
 
     # 1. provision the models (offline packages are converted once into the cache)
     teachers = [cfg.mine.retriever.split(":", 1)[-1], cfg.mine.reranker.split(":", 1)[-1]]
@@ -65,9 +61,8 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
         ),
         force=force,
     )
-    if not prep.done():
-        prep.finish({"sources": timed("prepare", lambda: prepare_sources(cfg, prep))})
-    prepared = prep.info()["sources"]
+    info = prep.run(timed, "prepare", lambda: prepare_sources(cfg, prep), lambda s: {"sources": s})
+    prepared = info["sources"]
 
     # 3. mining
     mined: list[dict[str, Any]] = []
@@ -84,15 +79,14 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
         )
         stage = Stage(root / "mine", f"{i:02d}", fingerprint(C.to_dict(mcfg), Path(src["path"])), force=force)
         out = stage.dir / "mined.jsonl"
-        if not stage.done():
-            stage.dir.mkdir(parents=True, exist_ok=True)
-            manifest = timed(
-                f"mine[{i}]",
-                lambda m=mcfg, s=src, o=out, d=stage.dir, c=cache / "mine" / f"{i:02d}": mine.run(
-                    m, s["path"], o, cache_dir=c, report_dir=d
-                ),
-            )
-            stage.finish({"summary": manifest.get("summary", [])})
+        stage.run(
+            timed,
+            f"mine[{i}]",
+            lambda m=mcfg, s=src, o=out, d=stage.dir, c=cache / "mine" / f"{i:02d}": mine.run(
+                m, s["path"], o, cache_dir=c, report_dir=d
+            ),
+            lambda manifest: {"summary": manifest.get("summary", [])},
+        )
         vectors = teacher_embeddings_path(out) if mcfg.teacher_embeddings else None
         mined.append({"path": str(out), "task": src["task"], "teacher": vectors and str(vectors)})
 
@@ -110,11 +104,14 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     tstage = Stage(
         root, "train", fingerprint(C.to_dict(tcfg), *[Path(m["path"]) for m in mined]), force=force
     )
-    if not tstage.done():
-        resume = tstage.resumable()  # another config's (or a forced run's) checkpoints are never resumed
-        timed("train", lambda: train.train(tcfg, resume=resume, force=not resume))
-        tstage.finish({"model": str(tstage.dir / "model")})
-    student = tstage.info()["model"]
+    info = tstage.run(
+        timed,
+        "train",
+        # another config's (or a forced run's) checkpoints are never resumed
+        lambda: train.train(tcfg, **tstage.resume_or_restart()),
+        lambda _: {"model": str(tstage.dir / "model")},
+    )
+    student = info["model"]
 
     # 5. evaluation: base, student, teacher
     data_dir = demo_path(cfg.eval.data_dir)
@@ -127,31 +124,29 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
         # the student is identified by its training stage's fingerprint (config + data), not its path
         fp = fingerprint(C.to_dict(cfg.eval), model, tstage.fingerprint if label == "student" else "")
         stage = Stage(root / "eval", label, fp, force=force)
-        if not stage.done():
-            result = timed(
-                f"eval[{label}]",
-                lambda m=model, d=stage.dir, lab=label: evaluate.run_eval(
-                    m,
-                    list(cfg.eval.tasks),
-                    data_dir=data_dir,
-                    force=True,  # the stage decided to redo this folder: its old results go
-                    output=d,
-                    shots=cfg.eval.shots if lab != "teacher" else 0,
-                    seed=cfg.seed,
-                    limit=cfg.eval.limit,
-                    batch_size=cfg.eval.batch_size,
-                    dtype=cfg.eval.dtype if lab != "teacher" else "float32",
-                    cache_dir=cache / "eval" / "embeddings.sqlite",
-                    max_length=cfg.eval.max_length if lab != "teacher" else None,
-                    show_progress=False,
-                    split=cfg.eval.split,
-                ),
-            )
-            stage.finish({"model": model, "scores": result.get("scores", {}), "run": result})
-        scores[label] = stage.info()
+        scores[label] = stage.run(
+            timed,
+            f"eval[{label}]",
+            lambda m=model, d=stage.dir, lab=label: evaluate.run_eval(
+                m,
+                list(cfg.eval.tasks),
+                data_dir=data_dir,
+                force=True,  # the stage decided to redo this folder: its old results go
+                output=d,
+                shots=cfg.eval.shots if lab != "teacher" else 0,
+                seed=cfg.seed,
+                limit=cfg.eval.limit,
+                batch_size=cfg.eval.batch_size,
+                dtype=cfg.eval.dtype if lab != "teacher" else "float32",
+                cache_dir=cache / "eval" / "embeddings.sqlite",
+                max_length=cfg.eval.max_length if lab != "teacher" else None,
+                show_progress=False,
+                split=cfg.eval.split,
+            ),
+            lambda result, m=model: {"model": m, "scores": result.get("scores", {}), "run": result},
+        )
 
     # 6. the student's model card, with its scores and the sources its training files came from
     origins = {src["path"]: str(path) for src, path in zip(prepared, src_files, strict=True)}
     write_card(Path(student), results={"": root / "eval" / "student"}, origins=origins)
-    report = write_report(root, cfg, scores, timings)
-    return report
+    return write_report(root, cfg, scores, timed.seconds)

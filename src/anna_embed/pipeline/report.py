@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from anna_embed.io import atomic_write, write_json
 from anna_embed.pipeline.config import PipelineConfig
 from anna_embed.scores import mean_task, task_table
+from anna_embed.stage import copy_figure, summary_section, write_report_files
 
 
 def write_report(
@@ -55,10 +54,8 @@ def write_report(
     for marker in sorted((root / "mine").glob("*/stage.json")):
         mining += json.loads(marker.read_text()).get("summary", [])
         for png in marker.parent.glob("*.png"):
-            shutil.copyfile(png, rep / f"mining-{marker.parent.name}-{png.name}")
-    loss_png = root / "train" / "loss.png"
-    if loss_png.is_file():
-        shutil.copyfile(loss_png, rep / "loss.png")
+            copy_figure(png, rep / f"mining-{marker.parent.name}-{png.name}")
+    copy_figure(root / "train" / "loss.png", rep / "loss.png")
     _score_chart(rep / "scores.png", rows, tasks)
     text = [
         "# anna-embed pipeline report",
@@ -72,17 +69,10 @@ def write_report(
         "",
         "![scores](scores.png) ![loss](loss.png)",
         "",
-        "## Mining",
-        "",
-        *[f"    {line}" for line in mining],
-        "",
-        "## Wall time of this run (seconds; skipped stages are absent)",
-        "",
-        *[f"- {k}: {v}" for k, v in timings.items()],
+        *summary_section("## Mining", mining),
     ]
-    with atomic_write(rep / "README.md") as fh:
-        fh.write("\n".join(text) + "\n")
-    write_json(rep / "scores.json", {"rows": rows, "timings": timings})
+    heading = "## Wall time of this run (seconds; skipped stages are absent)"
+    write_report_files(rep, text, timings, heading, {"rows": rows, "timings": timings})
     return {"rows": rows, "table": table, "timings": timings, "report": str(rep)}
 
 
