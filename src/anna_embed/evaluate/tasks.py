@@ -150,7 +150,7 @@ def custom_task(name: str, type_: str, *, instruction: str | None = None) -> Any
     template = mteb.get_task(_TEMPLATE_TASK[type_])
     base = next(c for c in type(template).__mro__ if c.__name__.startswith("AbsTask"))
     if type_ == "Clustering":  # sets of sentences, no down-sampling: the legacy evaluator
-        from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
+        from mteb.abstasks import AbsTaskClusteringLegacy
 
         base = AbsTaskClusteringLegacy
     meta = template.metadata.model_copy(
@@ -266,12 +266,10 @@ def _unknown_task(
 
 
 def _mteb_task_names() -> list[str]:
-    """Every task name mteb knows (its registry, read without building the tasks); ``[]`` if unreadable."""
-    try:
-        from mteb.get_tasks import _TASKS_REGISTRY  # mteb is pinned; the registry is a name -> class dict
-    except ImportError:  # pragma: no cover - another mteb layout: suggest from our names only
-        return []
-    return list(_TASKS_REGISTRY)
+    """Every task name mteb knows (``mteb.get_tasks()``, its public listing: ~0.1 s, no data loaded)."""
+    import mteb
+
+    return [t.metadata.name for t in mteb.get_tasks()]
 
 
 #: Task types whose local folders can be scored on another split than ``test`` (``load_task(split=)``).
@@ -373,7 +371,7 @@ def inject(task: Any, folder: Path, *, limit: int | None = None, split: str = "t
 
 def _load_clustering(task: Any, sets: dict[str, list]) -> None:
     from datasets import Dataset, DatasetDict
-    from mteb.abstasks.clustering_legacy import AbsTaskClusteringLegacy
+    from mteb.abstasks import AbsTaskClusteringLegacy
 
     raw = DatasetDict(test=Dataset.from_dict(sets))
     if isinstance(task, AbsTaskClusteringLegacy):
