@@ -7,6 +7,9 @@ field; vectors are then written chunk by chunk into a memory-mapped ``.npy`` bes
 in ``<output>.ids.txt``. Numeric options are checked and an output that would overwrite the input is
 refused before any model loads; SIGTERM, like Ctrl-C, leaves the previous output as it was and no
 temporary file (exit code 143; 130 for Ctrl-C).
+
+Under ``torchrun`` / ``accelerate launch`` each process encodes its contiguous share of every chunk and
+rank 0 alone writes the output (:mod:`anna_embed.distributed`).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from anna_embed.distributed import SINGLE, Ranks, launch
 from anna_embed.io import (
     InputError,
     Terminated,
@@ -31,6 +35,8 @@ from anna_embed.io import (
 from anna_embed.tasks import DEFAULT_SHOT_SEED
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from anna_embed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
@@ -83,6 +89,7 @@ def encode_rows(
     batch_size: int = 16,
     chunk_size: int = 10_000,
     dimensions: int | None = None,
+    ranks: Ranks = SINGLE,
 ) -> int:
     """Embed ``(id, text)`` rows (e.g. :func:`iter_inputs`) into ``output_path`` (``.npy``), streaming.
 
@@ -91,52 +98,100 @@ def encode_rows(
     ``len(rows)``. Returns the number of texts. Nothing is left at ``output_path`` (or its ids file)
     unless every chunk succeeded.
 
+    With ``ranks`` of several processes (:func:`anna_embed.distributed.launch`), every rank reads the same
+    ``rows`` and encodes its contiguous share of each chunk; rank 0 gathers the vectors in order and is
+    the only one that writes.
+
     Raises:
         ValueError: ``batch_size``, ``chunk_size`` or ``dimensions`` below 1, or a row count that does not
             match ``total``.
     """
-    import numpy as np
-    from tqdm.auto import tqdm
-
     for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size), ("dimensions", dimensions)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     n = len(rows) if total is None else total  # type: ignore[arg-type]
     if n < 0:
         raise ValueError(f"total must be >= 0, got {n}")
-    out = Path(output_path)
+    before = embedder.truncated_count
+    chunks = _encoded_chunks(
+        embedder,
+        rows,
+        n,
+        chunk_size=chunk_size,
+        ranks=ranks,
+        prefix=prefix,
+        batch_size=batch_size,
+        dimensions=dimensions,
+    )
+    if ranks.is_main:
+        dim = min(dimensions or embedder.dimension, embedder.dimension)
+        _write(chunks, Path(output_path), n, dim=dim, progress=n > chunk_size)
+    else:
+        for _ in chunks:  # this rank's share of each chunk goes to rank 0, which writes
+            pass
+    truncated = embedder.truncated_count - before
+    if truncated and ranks.active:
+        logger.warning("Rank %d: %d of its texts were truncated to max_length", ranks.rank, truncated)
+    elif truncated:
+        logger.warning("%d of %d texts were truncated to max_length", truncated, n)
+    return n
+
+
+def _write(
+    chunks: Iterable[tuple[list[tuple[str, str]], np.ndarray]], out: Path, n: int, *, dim: int, progress: bool
+) -> None:
+    """Stream ``n`` vectors of ``dim`` values into ``out`` (``.npy``) and their ids into the ids file;
+    nothing is left at ``out`` (or its ids file) unless every chunk arrived."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    dim = min(dimensions or embedder.dimension, embedder.dimension)
     tmp = partial_path(out)  # fixed name: a killed run's leftover is overwritten by the next run
     matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-    before = embedder.truncated_count
     done = 0
     try:
         with (
             atomic_write(ids_path(out)) as ids_fh,
-            tqdm(total=n, desc="encode", unit="text", disable=n <= chunk_size) as bar,
+            tqdm(total=n, desc="encode", unit="text", disable=not progress) as bar,
         ):
-            for chunk in _chunks(rows, chunk_size):
-                if done + len(chunk) > n:
-                    raise ValueError(f"more rows than the announced {n}")
-                texts = [t for _, t in chunk]
-                vecs = embedder.encode(texts, prefix=prefix, batch_size=batch_size, dimensions=dimensions)
+            for chunk, vecs in chunks:
                 matrix[done : done + len(chunk)] = vecs
                 ids_fh.writelines(f"{i}\n" for i, _ in chunk)
                 done += len(chunk)
                 bar.update(len(chunk))
-            if done != n:
-                raise ValueError(f"expected {n} rows, got {done}")
             matrix.flush()
             del matrix
             os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    truncated = embedder.truncated_count - before
-    if truncated:
-        logger.warning("%d of %d texts were truncated to max_length", truncated, n)
-    return n
+
+
+def _encoded_chunks(
+    embedder: Embedder,
+    rows: Iterable[tuple[str, str]],
+    total: int,
+    *,
+    chunk_size: int,
+    ranks: Ranks,
+    **encode_kw: Any,
+) -> Iterator[tuple[list[tuple[str, str]], np.ndarray | None]]:
+    """``(chunk of rows, their vectors)`` in order; each rank encodes its share of a chunk and rank 0
+    receives the chunk's vectors (the other ranks None).
+
+    Raises:
+        ValueError: More or fewer rows than ``total`` (on every rank alike).
+    """
+    done = 0
+    for chunk in _chunks(rows, chunk_size):
+        if done + len(chunk) > total:
+            raise ValueError(f"more rows than the announced {total}")
+        start, stop = ranks.bounds(len(chunk))
+        vecs = embedder.encode([t for _, t in chunk[start:stop]], **encode_kw)
+        yield chunk, ranks.gather_rows(vecs) if ranks.active else vecs
+        done += len(chunk)
+    if done != total:
+        raise ValueError(f"expected {total} rows, got {done}")
 
 
 def _chunks(rows: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
@@ -225,6 +280,7 @@ def _run(args: argparse.Namespace) -> int:
         examples = sample_examples(pool, args.shots, seed=args.seed, task=args.task or "")
         if not examples:
             logger.warning("No training examples for %s: encoding zero-shot", args.task)
+    ranks = launch()  # under torchrun: this process's GPU is chosen before the model loads
     emb = Embedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype)
     if args.role == "query":
         prefix = emb.query_prefix(args.task, instruction=args.instruction, examples=examples)
@@ -238,6 +294,8 @@ def _run(args: argparse.Namespace) -> int:
         prefix=prefix,
         batch_size=args.batch_size,
         dimensions=args.dimensions,
+        ranks=ranks,
     )
-    logger.info("Wrote %d vectors to %s (ids: %s)", n, args.output, ids_path(args.output))
+    if ranks.is_main:
+        logger.info("Wrote %d vectors to %s (ids: %s)", n, args.output, ids_path(args.output))
     return 0

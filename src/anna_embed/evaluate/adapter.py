@@ -26,6 +26,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ScoringFunction
 
 from anna_embed import prompts as P
+from anna_embed.distributed import SINGLE, Ranks
 from anna_embed.evaluate.tasks import LocalTask
 from anna_embed.model.mteb import mteb_prefix, mteb_texts
 from anna_embed.tasks import TaskSpec, few_shot_pool, sample_examples, task_or_custom
@@ -212,6 +213,10 @@ class EvalEncoder(AbsEncoder):
         model_name: Name recorded in the results (``org/name`` form).
         batch_size: Texts per forward pass.
         show_progress: One progress bar per encode call.
+        ranks: The processes to spread encoding over (:func:`anna_embed.distributed.launch`): every rank
+            must make the same calls (mteb runs the same tasks on each); each encodes its share of the
+            texts rank 0 did not find in its cache, and every rank gets all the vectors. The cache is rank
+            0's alone (the others pass None).
     """
 
     def __init__(
@@ -224,8 +229,10 @@ class EvalEncoder(AbsEncoder):
         model_name: str = "local/model",
         batch_size: int = 32,
         show_progress: bool = True,
+        ranks: Ranks = SINGLE,
     ):
         self.model = backend
+        self.ranks = ranks
         self.tasks = tasks
         self.examples = examples or {}
         self.cache = cache
@@ -278,7 +285,7 @@ class EvalEncoder(AbsEncoder):
         return self.encode_texts(texts, prefix, desc=f"{task_metadata.name} ({hf_split})")
 
     def encode_texts(self, texts: list[str], prefix: str, *, desc: str = "encode") -> np.ndarray:
-        """Embed ``prefix + text`` for each text, through the cache."""
+        """Embed ``prefix + text`` for each text, through the cache (spread over :attr:`ranks`)."""
         from tqdm.auto import tqdm
 
         if not texts:
@@ -286,32 +293,41 @@ class EvalEncoder(AbsEncoder):
         mid = self.model.model_id
         keys = [EmbeddingCache.key(mid, prefix, t) for t in texts]
         found = self.cache.get_many(list(set(keys))) if self.cache is not None else {}
-        todo: dict[bytes, str] = {}
-        for k, t in zip(keys, texts, strict=True):
+        todo: dict[bytes, int] = {}  # key -> its first text
+        for i, k in enumerate(keys):
             if k not in found:
-                todo.setdefault(k, t)
+                todo.setdefault(k, i)
         if self.cache is not None:
             self.cache.hits += len(texts) - len(todo)  # texts served without encoding
             self.cache.misses += len(todo)
-        pending = list(todo.items())
-        order = sorted(range(len(pending)), key=lambda i: -len(pending[i][1]))  # similar lengths together
-        chunk = max(self.batch_size * 16, 256)
+        pending = sorted(todo.values(), key=lambda i: -len(texts[i]))  # similar lengths together
+        pending = self.ranks.broadcast(pending)  # rank 0's cache decides what is encoded
+        chunk = max(self.batch_size * 16, 256) * self.ranks.world
         with tqdm(
             total=len(pending),
             desc=desc,
             unit="text",
-            disable=not self.show_progress or not pending,
+            disable=not self.show_progress or not pending or not self.ranks.is_main,
             leave=False,
         ) as bar:
-            for start in range(0, len(order), chunk):
-                part = [pending[i] for i in order[start : start + chunk]]
-                vecs = self.model.encode([t for _, t in part], prefix, self.batch_size)
-                new = [(k, np.asarray(v, dtype=np.float32)) for (k, _), v in zip(part, vecs, strict=True)]
-                found.update(new)
-                if self.cache is not None:
-                    self.cache.put_many(new)
+            for start in range(0, len(pending), chunk):
+                part = pending[start : start + chunk]
+                lo, hi = self.ranks.bounds(len(part))
+                share = [texts[i] for i in part[lo:hi]]
+                vecs = self.model.encode(share, prefix, self.batch_size) if share else np.zeros((0, 0))
+                if self.ranks.active:
+                    vecs = self.ranks.gather_rows(vecs)
+                if vecs is not None:  # rank 0 (or the only process)
+                    new = [
+                        (keys[i], np.asarray(v, dtype=np.float32)) for i, v in zip(part, vecs, strict=True)
+                    ]
+                    found.update(new)
+                    if self.cache is not None:
+                        self.cache.put_many(new)
                 bar.update(len(part))
-        return np.stack([found[k] for k in keys]).astype(np.float32)
+        if not self.ranks.active:
+            return np.stack([found[k] for k in keys]).astype(np.float32)
+        return self.ranks.broadcast_rows(np.stack([found[k] for k in keys]) if self.ranks.is_main else None)
 
 
 # ------------------------------------------------------------------------------------------- few-shot

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from anna_embed import distributed
 from anna_embed.evaluate.driver import resolve_tasks, run_eval
 from anna_embed.evaluate.report import leaderboard
 from anna_embed.io import atomic_write, write_json
@@ -82,7 +83,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         split=args.split,
         force=args.force,
     )
-    print((Path(args.output) / "summary.md").read_text())
+    if distributed.launch().is_main:  # the process group run_eval joined: one summary, not one per rank
+        print((Path(args.output) / "summary.md").read_text())
     return 0 if all(v is not None for v in run["scores"].values()) else 1
 
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anna_embed import distributed
 from anna_embed.evaluate.report import (
     FolderPlan,
     check_model,
@@ -37,6 +38,7 @@ from anna_embed.scores import fmt_score
 from anna_embed.tasks import DEFAULT_SHOT_SEED, benchmark_tasks
 
 if TYPE_CHECKING:
+    from anna_embed.distributed import Ranks
     from anna_embed.evaluate.adapter import EmbeddingCache, EvalEncoder, TextBackend
     from anna_embed.evaluate.tasks import LocalTask
 
@@ -96,6 +98,11 @@ def run_eval(
     so a failure changes nothing a reused folder held; a folder the run created is removed again (but for
     its embedding cache, when vectors were encoded into it: a rerun then encodes nothing twice).
 
+    Under ``torchrun`` / ``accelerate launch`` (:func:`anna_embed.distributed.launch`) every process loads
+    the model and runs mteb on every task, each encoding its contiguous share of the texts of every
+    encode call (all ranks then hold all vectors, so their scores are the same); rank 0 alone reads and
+    writes the embedding cache and the result folder, and every rank returns rank 0's ``run.json``.
+
     Returns:
         ``run.json``'s content: settings, per-task main scores (every task in the folder), wall times,
         shots used, aggregates.
@@ -128,12 +135,16 @@ def run_eval(
     for name in tasks:  # read every folder first: a bad name or file fails before the model loads
         lt = load_task(name, data_dir, limit=limit, type_=task_type_override, split=split)
         local[lt.name] = lt
+    ranks = distributed.launch()  # under torchrun: this process's GPU is chosen before the model loads
     be = (
         backend
         if not isinstance(backend, str)
         else load_backend(model, backend, dtype=dtype, max_length=max_length, instructions=instructions)
     )  # type: ignore[arg-type]
     plan = check_model(plan, out, model=model, model_id=be.model_id, tasks=list(local))
+    if not ranks.is_main:  # a helper: encodes its share of every mteb call, writes nothing
+        _score(model, be, local, None, settings, batch_size=batch_size, show_progress=False, ranks=ranks)
+        return ranks.broadcast(None)
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # new, to undo
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(cache_dir) if cache_dir else out / "cache" / "embeddings.sqlite"
@@ -141,7 +152,14 @@ def run_eval(
         with EmbeddingCache(cache_path) as cache:
             logger.info("Loaded %d task(s) and the model in %.1fs", len(local), time.monotonic() - t_load)
             enc, results, this_run = _score(
-                model, be, local, cache, settings, batch_size=batch_size, show_progress=show_progress
+                model,
+                be,
+                local,
+                cache,
+                settings,
+                batch_size=batch_size,
+                show_progress=show_progress,
+                ranks=ranks,
             )
         commit_results(out, results, plan)
         info = {
@@ -157,20 +175,22 @@ def run_eval(
         if created is not None:
             _discard(created, keep=cache_path if _has_vectors(cache_path, created) else None)
         raise
-    return run
+    return ranks.broadcast(run)
 
 
 def _score(
     model: str,
     be: TextBackend,
     local: dict[str, LocalTask],
-    cache: EmbeddingCache,
+    cache: EmbeddingCache | None,
     settings: dict[str, Any],
     *,
     batch_size: int,
     show_progress: bool,
+    ranks: Ranks,
 ) -> tuple[EvalEncoder, dict[str, Any], dict[str, dict[str, Any]]]:
-    """Score every task with mteb; nothing is written but the cache.
+    """Score every task with mteb; nothing is written but the cache (rank 0's; the other ranks have none
+    and encode their share of each call, :class:`~anna_embed.evaluate.adapter.EvalEncoder`).
 
     Returns:
         The encoder, the mteb ``TaskResult`` per task scored, and this run's per-task records for
@@ -196,6 +216,7 @@ def _score(
         model_name=model.strip("/"),
         batch_size=batch_size,
         show_progress=show_progress,
+        ranks=ranks,
     )
     results: dict[str, Any] = {}
     timing: dict[str, float] = {}
@@ -223,14 +244,15 @@ def _score(
             continue
         results[name] = res.task_results[0]
         timing[name] = round(time.monotonic() - t0, 1)
-        logger.info(
-            "%s: main score %s (%.0fs; cache %d hits, %d misses so far)",
-            name,
-            fmt_score(main_score(results[name].to_dict())),
-            timing[name],
-            cache.hits,
-            cache.misses,
-        )
+        if cache is not None:
+            logger.info(
+                "%s: main score %s (%.0fs; cache %d hits, %d misses so far)",
+                name,
+                fmt_score(main_score(results[name].to_dict())),
+                timing[name],
+                cache.hits,
+                cache.misses,
+            )
     this_run = {
         "types": {n: lt.type for n, lt in local.items()},
         "data": {n: str(lt.folder) if lt.folder else "hub" for n, lt in local.items()},

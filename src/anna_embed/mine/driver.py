@@ -1,8 +1,10 @@
 """Hard-negative mining with soft labels, the stage driver: encode -> search -> rescore -> filter.
 
-1. **Candidates** (:func:`anna_embed.mine.search.search_candidates`). The retriever teacher embeds the
-   corpus (in shards cached on disk) and the queries; faiss finds the ``top_k`` nearest documents (exact
-   inner product, or HNSW / IVF for big corpora), optionally fused with BM25 by reciprocal-rank fusion.
+1. **Candidates** (:func:`anna_embed.mine.corpus.corpus_vectors`,
+   :func:`anna_embed.mine.search.search_candidates`). The retriever teacher embeds the corpus (in shards
+   cached on disk, spread over the processes of a ``torchrun`` launch) and the queries; faiss finds the
+   ``top_k`` nearest documents (exact inner product, or HNSW / IVF for big corpora), optionally fused with
+   BM25 by reciprocal-rank fusion.
 2. **Soft labels** (:func:`anna_embed.mine.search.rescore`). The reranker teacher scores every
    (query, positive) and (query, candidate) pair (per query shard, cached on disk).
 3. **Adaptive margin filter** (:func:`anna_embed.mine.filter.margin_filter`, a pure function): a candidate
@@ -30,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from anna_embed import distributed
 from anna_embed.io import file_sha256, write_jsonl
 from anna_embed.mine import search, teachers
 from anna_embed.mine.config import MineConfig, MiningQuery
+from anna_embed.mine.corpus import ProgressHook, corpus_vectors
 from anna_embed.mine.filter import margin_filter, normalise_scores, pad, select_negatives
 from anna_embed.mine.inputs import load_corpus, load_training
 from anna_embed.mine.report import mining_counts, summary_lines, write_reports
-from anna_embed.mine.search import ProgressHook
 from anna_embed.records import negatives_that_are_positives, teacher_embeddings_path
 from anna_embed.tasks import find_task
 
@@ -68,6 +71,11 @@ def run(
     candidates and rescoring results are cached under ``cache_dir`` (default ``OUT.cache``), so a killed
     run resumes where it stopped and writes the same bytes. ``on_progress(stage, shard)`` is called after
     each corpus and rescoring shard.
+
+    Under ``torchrun`` / ``accelerate launch`` (:func:`anna_embed.distributed.launch`) every process loads
+    the retriever and encodes its share of the corpus shards first; rank 0 alone writes the cache, then
+    loads the reranker, searches, rescores, filters and writes ``out``. The other ranks return as soon as
+    the corpus is encoded, with a manifest that only names their rank (its ``summary`` is empty).
     """
     from anna_embed import __version__
     from anna_embed.config import to_dict
@@ -86,9 +94,17 @@ def run(
         if neg not in doc_index:
             doc_index[neg] = len(docs)
             docs.append(neg)
+    ranks = distributed.launch()  # under torchrun: this process's GPU is chosen before a teacher loads
     retriever = retriever or teachers.load_retriever(
         cfg.retriever, batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype
     )
+    corpus, corpus_s = None, 0.0
+    if ranks.active:  # the corpus first: no rank waits while rank 0 loads the reranker
+        t = time.perf_counter()
+        corpus = corpus_vectors(cfg, retriever, docs[:n_corpus], cache, on_progress=on_progress, ranks=ranks)
+        corpus_s = time.perf_counter() - t
+        if not ranks.is_main:  # a helper of rank 0: its share of the corpus is done
+            return {"command": "mine", "rank": ranks.rank, "world_size": ranks.world, "summary": []}
     if reranker is None and _same_bi_encoder(cfg):
         reranker = retriever  # one model in memory; its corpus vectors are reused for rescoring below
     reranker = reranker or teachers.load_reranker(
@@ -105,8 +121,12 @@ def run(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    ranked, search_key, d_emb = search.search_candidates(
-        cfg, retriever, queries, docs, n_corpus, cache, on_progress
+    d_emb, corpus_key = corpus or corpus_vectors(
+        cfg, retriever, docs[:n_corpus], cache, on_progress=on_progress
+    )
+    assert d_emb is not None  # rank 0's
+    ranked, search_key = search.search_candidates(
+        cfg, retriever, queries, docs, n_corpus, d_emb, corpus_key, cache
     )
     if reranker is retriever and isinstance(retriever, teachers.BiEncoder):
         # the vectors of the texts rescoring needs (candidates, positives in the corpus) are the corpus
@@ -116,7 +136,7 @@ def run(
         needed |= {i for i in positives if i < n_corpus}
         rows = sorted(needed)
         retriever.remember([docs[i] for i in rows], d_emb[rows], role="document", task=cfg.task)
-    timings["candidates_s"] = time.perf_counter() - t
+    timings["candidates_s"] = corpus_s + time.perf_counter() - t
     cands: list[list[int]] = []
     for q, row in zip(queries, ranked, strict=True):
         ids = [int(i) for i in row if i >= 0]

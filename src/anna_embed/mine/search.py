@@ -1,8 +1,10 @@
 """Mining stages 1 and 2: candidate search and teacher rescoring, both cached on disk in shards.
 
-* **Candidates** (:func:`search_candidates`): the retriever teacher embeds the corpus shard by shard
-  (:func:`encode_corpus_cached`) and the queries; faiss (:func:`build_index`) finds the nearest documents,
-  optionally fused with BM25 (:func:`bm25_candidates`) by :func:`reciprocal_rank_fusion`.
+* **Candidates** (:func:`search_candidates`): given the corpus vectors (embedded shard by shard, over
+  every process of a distributed launch: :mod:`anna_embed.mine.corpus`), the retriever teacher embeds
+  the queries; faiss (:func:`build_index`) finds the nearest documents, optionally fused with BM25
+  (:func:`bm25_candidates`) by :func:`reciprocal_rank_fusion`. This and all that follows runs on one
+  process (rank 0).
 * **Soft labels** (:func:`rescore`): the reranker teacher scores every (query, positive) and
   (query, candidate) pair, one cached file per query shard.
 
@@ -11,13 +13,10 @@ The stage driver is :mod:`anna_embed.mine.driver`, the filter :mod:`anna_embed.m
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import logging
 import math
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,98 +24,15 @@ import numpy as np
 
 from anna_embed.io import atomic_write
 from anna_embed.mine.config import PlansBatches
+from anna_embed.mine.corpus import ProgressHook, content_hash, finite_matrix, load_cached
 
 if TYPE_CHECKING:
     from anna_embed.mine.config import MineConfig, MiningQuery
 
 logger = logging.getLogger(__name__)
 
-ProgressHook = Callable[[str, int], None]
-
-
-def content_hash(parts: Sequence[str] | str) -> str:
-    """SHA-256 hex digest of ``parts`` (each followed by a NUL byte): the key of a cache folder or file."""
-    h = hashlib.sha256()
-    for part in [parts] if isinstance(parts, str) else parts:
-        h.update(part.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def _load_cached(path: Path, valid: Callable[[Any], bool]) -> Any:
-    """A cached ``.npy`` array or ``.npz`` dict of arrays, or None when it is missing, unreadable or not
-    ``valid`` (it is then recomputed and replaced: a bad entry never poisons a rerun)."""
-    if not path.is_file():
-        return None
-    try:
-        if path.suffix == ".npz":
-            with np.load(path) as saved:
-                data: Any = {name: saved[name] for name in saved.files}
-        else:
-            data = np.load(path)
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        logger.warning("%s: unreadable cache entry (%s); recomputing it", path, err)
-        return None
-    if not valid(data):
-        logger.warning("%s: cache entry does not fit this run or holds non-finite values; recomputing", path)
-        return None
-    return data
-
-
-def _finite_matrix(arr: Any, rows: int) -> bool:
-    """Whether ``arr`` is a finite float ``[rows, D]`` matrix with ``D >= 1``."""
-    return (
-        isinstance(arr, np.ndarray)
-        and arr.ndim == 2
-        and arr.shape[0] == rows
-        and arr.shape[1] >= 1
-        and bool(np.isfinite(arr).all())
-    )
-
 
 # ----------------------------------------------------------------------------- stage 1: candidates
-
-
-def encode_corpus_cached(
-    encode: Callable[[list[str]], np.ndarray],
-    texts: Sequence[str],
-    folder: Path,
-    *,
-    shard_size: int,
-    on_progress: ProgressHook | None = None,
-) -> np.ndarray:
-    """Embed ``texts`` shard by shard, each shard saved atomically as ``shard_NNNNN.npy`` in ``folder``.
-
-    Shards already on disk are loaded, not recomputed, when they are finite ``[len(shard), D]`` matrices;
-    ``folder`` should be keyed by everything that changes the vectors (teacher, batch size, corpus hash,
-    shard size). A shard is written only when all its vectors are finite.
-
-    Raises:
-        ValueError: The encoder returned a shard that is not a finite ``[len(shard), D]`` matrix.
-    """
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    folder.mkdir(parents=True, exist_ok=True)
-    n_shards = max(1, math.ceil(len(texts) / shard_size))
-    parts = []
-    for i in range(n_shards):
-        chunk = list(texts[i * shard_size : (i + 1) * shard_size])
-        target = folder / f"shard_{i:05d}.npy"
-        arr = _load_cached(target, functools.partial(_finite_matrix, rows=len(chunk)))
-        if arr is None:
-            arr = np.ascontiguousarray(encode(chunk), dtype=np.float32)
-            if not _finite_matrix(arr, len(chunk)):
-                bad = int((~np.isfinite(arr)).any(axis=-1).sum()) if arr.ndim == 2 else arr.size
-                raise ValueError(
-                    f"corpus shard {i}: the retriever returned a {arr.shape} array with {bad} non-finite "
-                    f"row(s) for {len(chunk)} texts (expected finite [{len(chunk)}, D]); nothing was cached"
-                )
-            with atomic_write(target, "wb") as fh:
-                np.save(fh, arr)
-        parts.append(arr)
-        if on_progress is not None:
-            on_progress("corpus", i)
-    return np.concatenate(parts)
 
 
 def build_index(d_emb: np.ndarray, cfg: MineConfig) -> Any:
@@ -205,32 +121,17 @@ def search_candidates(
     queries: Sequence[MiningQuery],
     docs: Sequence[str],
     n_corpus: int,
+    d_emb: np.ndarray,
+    corpus_key: str,
     cache: Path,
-    on_progress: ProgressHook | None,
-) -> tuple[np.ndarray, str, np.ndarray]:
-    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded), the search's cache key, and the
-    ``[N, D]`` corpus vectors they were searched in (a reranker that is the retriever reuses them).
+) -> tuple[np.ndarray, str]:
+    """Stage 1: ``[Q, k]`` retrieved document ids (``-1``-padded) and the search's cache key.
 
-    ``k`` is ``top_k`` plus the most positives any query has in the corpus, so excluding the positives
-    still leaves ``top_k`` candidates. Corpus shards and the result are cached under ``cache``.
+    ``d_emb`` are the ``[N, D]`` vectors of the corpus ``docs[:n_corpus]`` and ``corpus_key`` their cache
+    key (:func:`anna_embed.mine.corpus.corpus_vectors`). ``k`` is ``top_k`` plus the most positives any
+    query has in the corpus, so excluding the positives still leaves ``top_k`` candidates. The result is
+    cached under ``cache``.
     """
-    corpus_key = content_hash(
-        [
-            retriever.name,
-            str(cfg.task),
-            str(cfg.shard_size),
-            str(cfg.batch_size),  # a batch's composition moves a real model's floats
-            content_hash(docs[:n_corpus]),
-        ]
-    )[:16]
-    encode = functools.partial(retriever.encode_documents, task=cfg.task)
-    d_emb = encode_corpus_cached(
-        encode,
-        docs[:n_corpus],
-        cache / f"corpus-{corpus_key}",
-        shard_size=cfg.shard_size,
-        on_progress=on_progress,
-    )
     in_corpus = set(docs[:n_corpus])
     k = min(cfg.top_k + max(sum(p in in_corpus for p in q.positives) for q in queries), n_corpus)
     settings = [
@@ -257,11 +158,11 @@ def search_candidates(
             and bool(((ids >= -1) & (ids < n_corpus)).all())
         )
 
-    ranked = _load_cached(cand_file, valid)
+    ranked = load_cached(cand_file, valid)
     if ranked is not None:
-        return ranked, search_key, d_emb
+        return ranked, search_key
     q_emb = _encode_queries(retriever, queries)
-    if not _finite_matrix(q_emb, len(queries)):
+    if not finite_matrix(q_emb, len(queries)):
         raise ValueError(f"the retriever returned non-finite query vectors (shape {q_emb.shape})")
     _, ranked = build_index(d_emb, cfg).search(q_emb, k)
     if cfg.bm25:
@@ -272,7 +173,7 @@ def search_candidates(
         raise ValueError(f"the search returned ids outside [-1, {n_corpus}) or a {ranked.shape} array")
     with atomic_write(cand_file, "wb") as fh:
         np.save(fh, ranked.astype(np.int64))
-    return ranked, search_key, d_emb
+    return ranked, search_key
 
 
 # ----------------------------------------------------------------------------- stage 2: soft labels
@@ -373,7 +274,7 @@ def rescore(
             )
 
         target = folder / f"shard_{i:05d}.npz"
-        saved = _load_cached(target, valid)
+        saved = load_cached(target, valid)
         if saved is not None:
             pos_flat, cand_flat = saved["pos"], saved["cand"]
         else:
