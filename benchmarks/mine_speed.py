@@ -106,7 +106,8 @@ def _judged_pairs(n_queries: int, n_candidates: int) -> tuple[list[str], list[st
     Returns flat ``(queries, documents, group)``: every ``group`` consecutive pairs share a query and the
     first of them is the relevant one. BM25 picks the candidates, so no teacher chose its own test.
     """
-    from anna_embed.convert import beir_records, document_text
+    from anna_embed.beir import document_text
+    from anna_embed.convert import beir_records
     from anna_embed.io import read_jsonl
     from anna_embed.mine.search import bm25_candidates
 

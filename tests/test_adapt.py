@@ -230,6 +230,19 @@ def test_defaults_survive_overrides_and_config_files(tmp_path: Path) -> None:
         load_config(toml)
 
 
+def test_an_adapt_variant_file_is_base_plus_overrides(tmp_path: Path) -> None:
+    """``adapt --config`` reads ``base`` + ``overrides`` files as every verb does, on adapt's defaults."""
+    (tmp_path / "full.toml").write_text("seed = 1\n[train.optim]\nepochs = 5\n")
+    variant = tmp_path / "variant.toml"
+    variant.write_text('base = "full.toml"\noverrides = ["train.optim.epochs=2", "negatives=in_batch"]\n')
+    cfg = load_config(variant, ["seed=4"])
+    assert (cfg.seed, cfg.train.optim.epochs, cfg.negatives) == (4, 2, "in_batch")
+    assert (cfg.train.optim.lr, cfg.mine.top_k) == (2e-4, 50)  # adapt's defaults underneath, not the classes'
+    variant.write_text('base = "full.toml"\noverrides = ["train.optim.nope=1"]\n')
+    with pytest.raises(C.ConfigError, match=r"variant\.toml.*nope"):
+        load_config(variant)
+
+
 def test_mine_and_train_configs_follow_the_teacher_and_the_arm(tiny: dict[str, Path], tmp_path: Path) -> None:
     from anna_embed.adapt import mine_config
 

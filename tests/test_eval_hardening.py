@@ -79,17 +79,15 @@ class HashBackend:
 
 
 def _eval(out: Path, tasks: list[str], *, model: str = "model-a", backend: object = None, **kw: object):
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
 
-    return run_eval(
-        model,
-        tasks,
-        data_dir=kw.pop("data_dir", FIXTURES),
-        output=out,
-        backend=backend or HashBackend(),
-        show_progress=False,
-        **kw,
-    )
+    force = bool(kw.pop("force", False))
+    if isinstance(backend, str):  # a backend by name: loads the model
+        kw["backend"], backend = backend, None
+    else:
+        backend = backend or HashBackend()
+    cfg = EvalConfig(model=model, output=out, tasks=tuple(tasks), data_dir=kw.pop("data_dir", FIXTURES), **kw)
+    return run_eval(cfg, backend=backend, show_progress=False, force=force)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

@@ -37,17 +37,14 @@ def backend(make_embedder):
 
 
 def test_every_task_type_runs_end_to_end(tmp_path, backend):
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
 
     out = tmp_path / "run"
     run = run_eval(
-        "tiny-llama",
-        list(ALL_TASKS),
-        data_dir=FIXTURES,
-        output=out,
+        EvalConfig(
+            model="tiny-llama", tasks=tuple(ALL_TASKS), data_dir=FIXTURES, output=out, shots=2, batch_size=8
+        ),
         backend=backend,
-        shots=2,
-        batch_size=8,
         show_progress=False,
     )
     assert run["types"] == ALL_TASKS
@@ -70,28 +67,24 @@ def test_every_task_type_runs_end_to_end(tmp_path, backend):
 
 
 def test_cache_makes_a_rerun_encode_nothing(tmp_path, backend):
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
 
     cache = tmp_path / "emb.sqlite"
     first = run_eval(
-        "tiny",
-        ["STSBenchmark"],
-        data_dir=FIXTURES,
-        output=tmp_path / "a",
+        EvalConfig(
+            model="tiny", tasks=("STSBenchmark",), data_dir=FIXTURES, output=tmp_path / "a", cache_dir=cache
+        ),
         backend=backend,
-        cache_dir=cache,
         show_progress=False,
     )
     calls = []
     original = backend.encode
     backend.encode = lambda texts, prefix, bs: calls.append(len(texts)) or original(texts, prefix, bs)
     second = run_eval(
-        "tiny",
-        ["STSBenchmark"],
-        data_dir=FIXTURES,
-        output=tmp_path / "b",
+        EvalConfig(
+            model="tiny", tasks=("STSBenchmark",), data_dir=FIXTURES, output=tmp_path / "b", cache_dir=cache
+        ),
         backend=backend,
-        cache_dir=cache,
         show_progress=False,
     )
     assert calls == []
@@ -101,7 +94,7 @@ def test_cache_makes_a_rerun_encode_nothing(tmp_path, backend):
 def test_prompt_too_long_for_max_length_fails_before_any_encoding(tmp_path, backend):
     from dataclasses import replace
 
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
     from anna_embed.tasks import task_or_custom
 
     # a budget that fits the STS prompt but not the (longer) Banking77 one, which comes second
@@ -115,12 +108,14 @@ def test_prompt_too_long_for_max_length_fails_before_any_encoding(tmp_path, back
     backend.encode = lambda texts, prefix, bs: calls.append(len(texts))
     with pytest.raises(ValueError, match=r"^Banking77Classification: The prompt prefix takes \d+ tokens"):
         run_eval(
-            "tiny",
-            ["STSBenchmark", "Banking77Classification"],
-            data_dir=FIXTURES,
-            output=tmp_path / "run",
+            EvalConfig(
+                model="tiny",
+                tasks=("STSBenchmark", "Banking77Classification"),
+                data_dir=FIXTURES,
+                output=tmp_path / "run",
+                shots=0,
+            ),
             backend=backend,
-            shots=0,
             show_progress=False,
         )
     assert calls == [] and not list((tmp_path / "run").glob("*.json"))
@@ -169,7 +164,7 @@ def test_loaded_structures_match_what_mteb_expects():
 
 
 def test_split_scores_the_validation_file_not_the_test_file(tmp_path, backend):
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
 
     pc_dev = [json.loads(x) for x in (FIXTURES / "TwitterSemEval2015" / "dev.jsonl").read_text().splitlines()]
     for split in ("dev", "validation"):  # no validation.jsonl: validation reads dev.jsonl
@@ -183,12 +178,14 @@ def test_split_scores_the_validation_file_not_the_test_file(tmp_path, backend):
     sts = load_task("STSBenchmark", tmp_path, split="validation").task.dataset["test"]
     assert sts["sentence1"] == [r["sentence1"] for r in validation]
     run = run_eval(
-        "tiny",
-        ["STSBenchmark"],
-        data_dir=tmp_path,
-        output=tmp_path / "run",
+        EvalConfig(
+            model="tiny",
+            tasks=("STSBenchmark",),
+            data_dir=tmp_path,
+            output=tmp_path / "run",
+            split="validation",
+        ),
         backend=backend,
-        split="validation",
     )
     assert run["split"] == "validation" and run["scores"]["STSBenchmark"] is not None
     with pytest.raises(TaskFolderError, match="only STS and PairClassification"):
@@ -215,17 +212,13 @@ def test_registry_names_map_to_folders_and_subsets(tmp_path):
 
 
 def test_limit_truncates_and_is_marked(tmp_path, backend):
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
 
     lt = load_task("STSBenchmark", FIXTURES, limit=5)
     assert len(lt.task.dataset["test"]) == 5
     run = run_eval(
-        "tiny",
-        ["STSBenchmark"],
-        data_dir=FIXTURES,
-        output=tmp_path,
+        EvalConfig(model="tiny", tasks=("STSBenchmark",), data_dir=FIXTURES, output=tmp_path, limit=5),
         backend=backend,
-        limit=5,
         show_progress=False,
     )
     assert run["comparable"] is False
@@ -287,13 +280,12 @@ MTEB_DATA = Path(os.environ.get("ANNA_EMBED_MTEB_DATA", "/work/shared/data/mteb"
 @pytest.mark.skipif(not (MTEB_DATA / "STS17").is_dir(), reason="local MTEB data not available")
 def test_minilm_reproduces_the_published_sts17_score(tmp_path):
     """all-MiniLM-L6-v2 on STS17 en-en (250 pairs): published 87.59 (mteb_published_scores.json)."""
-    from anna_embed.evaluate import run_eval
+    from anna_embed.evaluate import EvalConfig, run_eval
     from anna_embed.model.weights import ModelNotAvailableError
 
     try:
-        run = run_eval(
-            "all-minilm-l6-v2", ["STS17"], data_dir=MTEB_DATA, output=tmp_path, show_progress=False
-        )
+        cfg = EvalConfig(model="all-minilm-l6-v2", output=tmp_path, tasks=("STS17",), data_dir=MTEB_DATA)
+        run = run_eval(cfg, show_progress=False)
     except ModelNotAvailableError as err:
         pytest.skip(str(err))
     assert abs(run["scores"]["STS17"] - 87.59) <= 0.3

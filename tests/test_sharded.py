@@ -124,9 +124,9 @@ code = main(["mine", "--train", mine_dir + "/train.jsonl", "--corpus", mine_dir 
 assert code == 0, code
 
 stage[0] = "eval"
-from anna_embed.evaluate import run_eval
-run = run_eval(decoder, ["STSBenchmark", "MyRetrieval"], data_dir=eval_dir, output=out / "eval",
-               batch_size=2, show_progress=False)
+from anna_embed.evaluate import EvalConfig, run_eval
+run = run_eval(EvalConfig(model=decoder, output=str(out / "eval"), tasks=("STSBenchmark", "MyRetrieval"),
+                          data_dir=str(eval_dir), batch_size=2), show_progress=False)
 report["eval_scores"] = run["scores"]
 report["counts"] = counts
 (out / f"rank-{ranks.rank}.json").write_text(json.dumps(report))

@@ -206,18 +206,35 @@ def read_chain(
         p = p.parent / base
 
 
+def merge(tree: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with ``update`` deep-merged into it (tables merge key by key, other values replace)."""
+    out = dict(tree)
+    for key, value in update.items():
+        old = out.get(key)
+        out[key] = merge(old, value) if isinstance(value, dict) and isinstance(old, dict) else value
+    return out
+
+
 def load(
-    cls: type[T], path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
+    cls: type[T],
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    defaults: T | None = None,
 ) -> T:
     """Load ``cls`` from a TOML (or JSON) file, following its ``base`` chain, and apply ``overrides``.
 
     The result is one :func:`build` of the root's tables with every file's overrides, then ``overrides``.
+    ``defaults`` (an instance) replaces the class's own defaults underneath: the file's tables are merged
+    into it key by key (``adapt``'s sections start from its own training and mining settings).
     An error names the first file whose part does not fit on its own (a file's ``overrides`` give the
     error a bad ``--set`` gives), else ``path`` (the command line's ``overrides``).
     """
+    start = to_dict(defaults) if defaults is not None else {}
     if path is None:
-        return build(cls, {}, overrides)
+        return build(cls, start, overrides)
     (root, tables), variants = read_chain(path)
+    tables = merge(start, tables)
     stages = [(root, []), *variants]
     tree = tables
     for file, sets in stages:

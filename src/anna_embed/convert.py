@@ -31,7 +31,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from anna_embed.beir import document_text as document_text  # the one joiner; mine.inputs reads it here
 from anna_embed.beir import iter_qrels, read_documents
 from anna_embed.io import InputError, iter_jsonl, write_jsonl
 from anna_embed.tasks import find_task

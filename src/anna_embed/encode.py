@@ -18,9 +18,11 @@ import argparse
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from anna_embed.cli_args import MIN, add_arguments, from_args
 from anna_embed.distributed import SINGLE, Ranks, launch
 from anna_embed.io import (
     InputError,
@@ -32,7 +34,8 @@ from anna_embed.io import (
     read_jsonl,
     sigterm_as_interrupt,
 )
-from anna_embed.tasks import DEFAULT_SHOT_SEED
+from anna_embed.shots import DEFAULT_SHOT_SEED, few_shot_pool, sample_examples
+from anna_embed.tasks import get_task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +43,44 @@ if TYPE_CHECKING:
     from anna_embed.model.embedder import Embedder
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """What ``anna-embed encode`` runs with (its flags are generated from these fields,
+    :mod:`anna_embed.cli_args`).
+
+    Attributes:
+        model: Short name, local folder or hub id.
+        input: .jsonl (field 'text') or .txt (one per line).
+        output: Output .npy (ids go to <output>.ids.txt).
+        task: Registry task whose instruction to use.
+        instruction: Explicit instruction (overrides the task's).
+        role: Whether the texts are encoded as queries or as documents.
+        shots: Few-shot examples from the task's train split.
+        data_dir: Folder of task folders (for --shots).
+        examples: .jsonl of {query, response} few-shot examples (for --shots).
+        seed: Seed for choosing the examples (as eval's).
+        batch_size: Texts per forward pass.
+        max_length: Token budget per text.
+        dimensions: Matryoshka truncation.
+        dtype: Encoding dtype (``auto``: bf16 where supported).
+    """
+
+    model: str
+    input: str
+    output: str
+    task: str | None = None
+    instruction: str | None = None
+    role: Literal["query", "document"] = "query"
+    shots: int = field(default=0, metadata={MIN: 0})
+    data_dir: str | None = None
+    examples: str | None = None
+    seed: int = DEFAULT_SHOT_SEED
+    batch_size: int = field(default=16, metadata={MIN: 1})
+    max_length: int | None = field(default=None, metadata={MIN: 1})
+    dimensions: int | None = field(default=None, metadata={MIN: 1})
+    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
 
 
 def iter_inputs(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
@@ -205,47 +246,15 @@ def _chunks(rows: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[s
         yield chunk
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer ``>= minimum`` (argparse names the option in its error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     """``anna-embed encode``: exit code 0 on success, 2 on bad input or options, 143 on SIGTERM and 130 on
     Ctrl-C (both leave any previous output untouched)."""
-    parser.add_argument("--model", required=True, help="short name, local folder or hub id")
-    parser.add_argument("--input", required=True, help=".jsonl (field 'text') or .txt (one per line)")
-    parser.add_argument("--output", required=True, help="output .npy (ids go to <output>.ids.txt)")
-    parser.add_argument("--task", help="registry task whose instruction to use")
-    parser.add_argument("--instruction", help="explicit instruction (overrides the task's)")
-    parser.add_argument("--role", choices=("query", "document"), default="query")
-    parser.add_argument(
-        "--shots", type=_at_least(0), default=0, help="few-shot examples from the task's train split"
-    )
-    parser.add_argument("--data-dir", help="folder of task folders (for --shots)")
-    parser.add_argument("--examples", help=".jsonl of {query, response} few-shot examples (for --shots)")
-    parser.add_argument(
-        "--seed", type=int, default=DEFAULT_SHOT_SEED, help="seed for choosing the examples (as eval's)"
-    )
-    parser.add_argument("--batch-size", type=_at_least(1), default=16, help="texts per forward pass")
-    parser.add_argument("--max-length", type=_at_least(1), default=None, help="token budget per text")
-    parser.add_argument("--dimensions", type=_at_least(1), default=None, help="Matryoshka truncation")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32")
+    add_arguments(parser, EncodeConfig)
 
     def run(args: argparse.Namespace) -> int:
         try:
             with sigterm_as_interrupt():
-                return _run(args)
+                return encode_file(from_args(EncodeConfig, args))
         except Terminated:
             logger.warning("Terminated by SIGTERM: %s left as it was", args.output)
             return Terminated.exit_code
@@ -253,49 +262,54 @@ def add_cli(verb: str, parser: argparse.ArgumentParser) -> Callable[[argparse.Na
     return run
 
 
-def _run(args: argparse.Namespace) -> int:
-    """The body of ``anna-embed encode`` (see :func:`add_cli`)."""
-    from anna_embed.model.embedder import Embedder
-    from anna_embed.tasks import few_shot_pool, get_task, sample_examples
+def encode_file(cfg: EncodeConfig) -> int:
+    """``anna-embed encode``: embed ``cfg.input`` into ``cfg.output`` (see :func:`add_cli`); returns 0.
 
-    check_output(args.input, args.output)
-    if args.task and args.instruction is None:
-        get_task(args.task)  # one policy for every model: an unknown name is an error ("did you mean")
-    total = sum(1 for _ in iter_inputs(args.input))  # validate the whole file before loading anything
+    Raises:
+        InputError: A bad or empty input file (checked before the model loads).
+        ValueError: An output that would replace the input, or ``--shots`` without examples or not for
+            queries.
+    """
+    from anna_embed.model.embedder import Embedder
+
+    check_output(cfg.input, cfg.output)
+    if cfg.task and cfg.instruction is None:
+        get_task(cfg.task)  # one policy for every model: an unknown name is an error ("did you mean")
+    total = sum(1 for _ in iter_inputs(cfg.input))  # validate the whole file before loading anything
     if not total:
-        raise InputError(args.input, None, "no texts")
-    if args.shots and args.role != "query":
+        raise InputError(cfg.input, None, "no texts")
+    if cfg.shots and cfg.role != "query":
         raise ValueError("--shots applies to --role query")
     examples: list[tuple[str, str]] = []
-    if args.shots:
-        if args.examples:
+    if cfg.shots:
+        if cfg.examples:
             pool = [
-                (r["query"], r["response"]) for r in read_jsonl(args.examples, required=("query", "response"))
+                (r["query"], r["response"]) for r in read_jsonl(cfg.examples, required=("query", "response"))
             ]
-        elif args.data_dir and args.task:
-            spec = get_task(args.task)
-            pool, _ = few_shot_pool(spec.type, Path(args.data_dir) / spec.folder)
+        elif cfg.data_dir and cfg.task:
+            spec = get_task(cfg.task)
+            pool, _ = few_shot_pool(spec.type, Path(cfg.data_dir) / spec.folder)
         else:
             raise ValueError("--shots needs --examples FILE or --task with --data-dir")
-        examples = sample_examples(pool, args.shots, seed=args.seed, task=args.task or "")
+        examples = sample_examples(pool, cfg.shots, seed=cfg.seed, task=cfg.task or "")
         if not examples:
-            logger.warning("No training examples for %s: encoding zero-shot", args.task)
+            logger.warning("No training examples for %s: encoding zero-shot", cfg.task)
     ranks = launch()  # under torchrun: this process's GPU is chosen before the model loads
-    emb = Embedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype)
-    if args.role == "query":
-        prefix = emb.query_prefix(args.task, instruction=args.instruction, examples=examples)
+    emb = Embedder.from_pretrained(cfg.model, max_length=cfg.max_length, dtype=cfg.dtype)
+    if cfg.role == "query":
+        prefix = emb.query_prefix(cfg.task, instruction=cfg.instruction, examples=examples)
     else:
-        prefix = emb.document_prefix(args.task, instruction=args.instruction)
+        prefix = emb.document_prefix(cfg.task, instruction=cfg.instruction)
     n = encode_rows(
         emb,
-        iter_inputs(args.input),
-        args.output,
+        iter_inputs(cfg.input),
+        cfg.output,
         total=total,
         prefix=prefix,
-        batch_size=args.batch_size,
-        dimensions=args.dimensions,
+        batch_size=cfg.batch_size,
+        dimensions=cfg.dimensions,
         ranks=ranks,
     )
     if ranks.is_main:
-        logger.info("Wrote %d vectors to %s (ids: %s)", n, args.output, ids_path(args.output))
+        logger.info("Wrote %d vectors to %s (ids: %s)", n, cfg.output, ids_path(cfg.output))
     return 0

@@ -14,11 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-# The few-shot pool and draw live in anna_embed.shots; these names stay importable from here.
-from anna_embed.shots import DEFAULT_SHOT_SEED as DEFAULT_SHOT_SEED
-from anna_embed.shots import few_shot_pool as few_shot_pool
-from anna_embed.shots import sample_examples as sample_examples
-
 TaskType = Literal[
     "Classification",
     "Clustering",

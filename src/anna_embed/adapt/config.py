@@ -24,14 +24,13 @@ experiment) encode the corpus once per model.
 
 from __future__ import annotations
 
-import json
 import os
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from anna_embed import config as C
+from anna_embed.evaluate.config import EvalConfig, EvalDtype
 from anna_embed.mine.config import MineConfig
 from anna_embed.train.config import (
     DataSection,
@@ -73,7 +72,8 @@ class AdaptData:
 
 @dataclass(frozen=True)
 class AdaptEval:
-    """Evaluation settings (see :func:`anna_embed.evaluate.run_eval`).
+    """Evaluation settings (each scoring run is an :class:`~anna_embed.evaluate.config.EvalConfig`,
+    :func:`eval_config`; the defaults this section does not change are that class's).
 
     Attributes:
         batch_size: Encoding batch size.
@@ -82,8 +82,8 @@ class AdaptEval:
     """
 
     batch_size: int = 64
-    limit: int | None = None
-    dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    limit: int | None = EvalConfig.limit
+    dtype: EvalDtype = EvalConfig.dtype
 
 
 #: The setting measured on SciFact (docs/RESULTS.md, issue 16): full fine-tuning, batch 32, temperature 0.05
@@ -181,32 +181,31 @@ def mine_config(cfg: AdaptConfig, task: str) -> MineConfig:
     )
 
 
+def eval_config(
+    cfg: AdaptConfig, model: str, task: str, data_dir: Path, output: Path, cache: Path
+) -> EvalConfig:
+    """How ``model`` is scored on ``task`` (found under ``data_dir``) into ``output``: ``cfg.eval``'s
+    settings, zero-shot, the embedding cache under ``cache``."""
+    return EvalConfig(
+        model=model,
+        output=str(output),
+        tasks=(task,),
+        data_dir=str(data_dir),
+        batch_size=cfg.eval.batch_size,
+        limit=cfg.eval.limit,
+        dtype=cfg.eval.dtype,
+        cache_dir=str(cache / "eval" / "embeddings.sqlite"),
+    )
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> AdaptConfig:
     """:class:`AdaptConfig` from its defaults (``adapt``'s own training and mining defaults, not those of
-    the section classes), a TOML/JSON file's values on top, then ``key=value`` overrides.
+    the section classes), a TOML/JSON file's values on top (a file may be ``base`` + ``overrides``, as
+    every config file, :func:`anna_embed.config.load`), then ``key=value`` overrides.
 
     Raises:
         ConfigError: A file or override that does not fit (the file is named).
     """
-    tree = C.to_dict(AdaptConfig())
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise C.ConfigError(f"{p}: config file not found")
-        try:
-            _merge(tree, json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text()))
-            return C.build(AdaptConfig, tree, overrides)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, C.ConfigError) as err:
-            raise C.ConfigError(f"{p}: {err}") from None
-    return C.build(AdaptConfig, tree, overrides)
-
-
-def _merge(tree: dict[str, Any], update: dict[str, Any]) -> None:
-    """Deep-merge ``update`` into ``tree`` (tables merge key by key, other values replace)."""
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            _merge(tree[key], value)
-        else:
-            tree[key] = value
+    return C.load(AdaptConfig, path, overrides, defaults=AdaptConfig())

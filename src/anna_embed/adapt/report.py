@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from anna_embed.adapt.config import AdaptConfig, PreparedData, mine_config
+from anna_embed.adapt.config import AdaptConfig, PreparedData, eval_config, mine_config
 from anna_embed.scores import markdown_table, score_cell
 from anna_embed.stage import copy_figure, summary_section, write_report_files
 from anna_embed.tasks import find_task
@@ -51,17 +51,11 @@ def evaluate(cfg: AdaptConfig, data: PreparedData, out: Path, cache: Path) -> di
         task, data_dir = _task_view(folder, out / "eval" / "views")
         row: dict[str, Any] = {"task": task, "folder": str(folder)}
         for label, model in models.items():
+            output = out / "eval" / f"{split}-{label}"
             run = run_eval(
-                model,
-                [task],
-                data_dir=data_dir,
-                force=True,  # every adapt run re-scores into the same folders (no stage marker)
-                output=out / "eval" / f"{split}-{label}",
-                batch_size=cfg.eval.batch_size,
-                limit=cfg.eval.limit,
-                dtype=cfg.eval.dtype,
-                cache_dir=cache / "eval" / "embeddings.sqlite",
+                eval_config(cfg, model, task, data_dir, output, cache),
                 show_progress=False,
+                force=True,  # every adapt run re-scores into the same folders (no stage marker)
             )
             row[label] = run["scores"][task]
         logger.info("%s (%s): %s -> %s", split, task, row["before"], row["after"])

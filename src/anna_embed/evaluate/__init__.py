@@ -1,11 +1,13 @@
 """Evaluation: a thin adapter to mteb, from local task folders.
 
-``run_eval(model, tasks, data_dir=, output=)`` (:func:`anna_embed.evaluate.driver.run_eval`) is the stage.
-Modules: ``readers`` (one validating reader per task type), ``tasks`` (folders -> mteb task objects),
+``run_eval(EvalConfig(model=, output=, tasks=, data_dir=))`` (:func:`anna_embed.evaluate.driver.run_eval`) is
+the stage. Modules: ``config`` (:class:`EvalConfig`, from which the ``eval`` flags are generated),
+``readers`` (one validating reader per task type), ``tasks`` (folders -> mteb task objects),
 ``adapter`` (our model behind mteb's encoder protocol, with an embedding cache), ``report`` (result
 folders, summaries, the leaderboard), ``driver`` (the run), ``cli`` (``eval`` and ``leaderboard``).
 """
 
+from anna_embed.evaluate.config import EvalConfig
 from anna_embed.evaluate.driver import run_eval
 
-__all__ = ["run_eval"]
+__all__ = ["EvalConfig", "run_eval"]

@@ -29,7 +29,8 @@ from anna_embed import prompts as P
 from anna_embed.distributed import SINGLE, Ranks
 from anna_embed.evaluate.tasks import LocalTask
 from anna_embed.model.mteb import mteb_prefix, mteb_texts
-from anna_embed.tasks import TaskSpec, few_shot_pool, sample_examples, task_or_custom
+from anna_embed.shots import few_shot_pool, sample_examples
+from anna_embed.tasks import TaskSpec, task_or_custom
 
 logger = logging.getLogger(__name__)
 
@@ -334,10 +335,10 @@ class EvalEncoder(AbsEncoder):
 
 
 def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
-    """Few-shot candidates from a local task's training data (see :func:`anna_embed.tasks.few_shot_pool`)."""
+    """Few-shot candidates from a local task's training data (see :func:`anna_embed.shots.few_shot_pool`)."""
     return few_shot_pool(local.type, local.folder)
 
 
 def pick_examples(pool: Sequence[P.Example], k: int, *, seed: int, task: str) -> list[P.Example]:
-    """``k`` seeded examples (:func:`anna_embed.tasks.sample_examples`; the model clips them by tokens)."""
+    """``k`` seeded examples (:func:`anna_embed.shots.sample_examples`; the model clips them by tokens)."""
     return sample_examples(pool, k, seed=seed, task=task)

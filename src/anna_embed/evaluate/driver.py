@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anna_embed import distributed
+from anna_embed.evaluate.config import EvalConfig
 from anna_embed.evaluate.report import (
     FolderPlan,
     check_model,
@@ -35,7 +36,7 @@ from anna_embed.evaluate.report import (
 from anna_embed.evaluate.tasks import check_data_dir
 from anna_embed.io import write_json
 from anna_embed.scores import fmt_score
-from anna_embed.tasks import DEFAULT_SHOT_SEED, benchmark_tasks
+from anna_embed.tasks import benchmark_tasks
 
 if TYPE_CHECKING:
     from anna_embed.distributed import Ranks
@@ -47,9 +48,10 @@ logger = logging.getLogger(__name__)
 BENCHMARK_ALIASES = {"mteb-eng-v2": "MTEB(eng, v2)", "eng-v2": "MTEB(eng, v2)"}
 
 
-def resolve_tasks(tasks: str | None, benchmark: str | None) -> list[str]:
-    """Task names from ``--tasks T1,T2`` and/or ``--benchmark NAME``."""
-    names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
+def resolve_tasks(tasks: str | Sequence[str] | None, benchmark: str | None) -> list[str]:
+    """Task names from ``--tasks T1,T2`` (or a list of names) and/or ``--benchmark NAME``."""
+    given = (tasks or "").split(",") if isinstance(tasks, str | None) else tasks
+    names = [t.strip() for t in given if t.strip()]
     if benchmark:
         key = BENCHMARK_ALIASES.get(benchmark, benchmark)
         if key == "MTEB(eng, v2)":
@@ -64,32 +66,20 @@ def resolve_tasks(tasks: str | None, benchmark: str | None) -> list[str]:
 
 
 def run_eval(
-    model: str,
-    tasks: Sequence[str],
+    cfg: EvalConfig,
     *,
-    data_dir: str | Path | None,
-    output: str | Path,
-    backend: Any = "embedder",
-    shots: int = 0,
-    seed: int = DEFAULT_SHOT_SEED,
-    limit: int | None = None,
-    batch_size: int = 32,
-    cache_dir: str | Path | None = None,
-    dtype: str = "float32",
-    max_length: int | None = None,
-    instructions: bool | None = None,
-    task_type_override: str | None = None,
+    backend: TextBackend | None = None,
     show_progress: bool = True,
-    split: str = "test",
     force: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``tasks`` with mteb's evaluators; write results into ``output``.
+    """Evaluate ``cfg.model`` on ``cfg.tasks`` with mteb's evaluators; write results into ``cfg.output``.
 
-    ``split`` other than ``test`` scores each STS / PairClassification folder's ``{split}.jsonl`` instead
+    ``cfg.split`` other than ``test`` scores each STS / PairClassification folder's ``{split}.jsonl`` instead
     (choosing settings on validation data); it is recorded in ``run.json``.
 
-    ``backend`` is ``"embedder"``, ``"sentence-transformers"`` or an already-built
-    :class:`~anna_embed.evaluate.adapter.TextBackend` (then ``model`` is only the name recorded).
+    ``cfg.backend`` (``"embedder"`` or ``"sentence-transformers"``) loads the model; an already-built
+    :class:`~anna_embed.evaluate.adapter.TextBackend` given as ``backend`` is used instead (then
+    ``cfg.model`` is only the name recorded). ``show_progress`` shows progress bars.
 
     A folder that already holds results of the same model and settings keeps them: this run's tasks
     join (or replace) them and ``summary.md`` / ``run.json`` are rebuilt from every result in the folder.
@@ -108,46 +98,49 @@ def run_eval(
         shots used, aggregates.
 
     Raises:
-        FileNotFoundError: ``data_dir`` is not a folder (checked first: nothing is tried on the hub).
+        FileNotFoundError: ``cfg.data_dir`` is not a folder (checked first: nothing is tried on the hub).
         TaskFolderError: An unknown task name (with the closest names) or a bad task folder, before the
             model loads.
-        ResultFolderError: ``output`` holds results of another model or settings and ``force`` is not set.
+        ResultFolderError: ``cfg.output`` holds results of another model or settings and ``force`` is not set.
     """
-    out = Path(output)
+    model, data_dir, batch_size, limit, split = cfg.model, cfg.data_dir, cfg.batch_size, cfg.limit, cfg.split
+    out = Path(cfg.output)
     check_data_dir(data_dir)  # before mteb and torch are even imported
 
     from anna_embed.evaluate.adapter import EmbeddingCache, load_backend
     from anna_embed.evaluate.tasks import load_task
 
     settings = {
-        "backend": backend if isinstance(backend, str) else type(backend).__name__,
+        "backend": cfg.backend if backend is None else type(backend).__name__,
         "split": split,
-        "shots": shots,
-        "seed": seed,
+        "shots": cfg.shots,
+        "seed": cfg.seed,
         "limit": limit,
-        "dtype": dtype,
-        "max_length": max_length,
-        "instructions": instructions,
+        "dtype": cfg.dtype,
+        "max_length": cfg.max_length,
+        "instructions": cfg.use_instructions,
     }
     plan = plan_folder(out, model=model, settings=settings, force=force)
     t_load = time.monotonic()
     local = {}
-    for name in tasks:  # read every folder first: a bad name or file fails before the model loads
-        lt = load_task(name, data_dir, limit=limit, type_=task_type_override, split=split)
+    for name in cfg.tasks:  # read every folder first: a bad name or file fails before the model loads
+        lt = load_task(name, data_dir, limit=limit, type_=cfg.task_type, split=split)
         local[lt.name] = lt
     ranks = distributed.launch()  # under torchrun: this process's GPU is chosen before the model loads
     be = (
         backend
-        if not isinstance(backend, str)
-        else load_backend(model, backend, dtype=dtype, max_length=max_length, instructions=instructions)
-    )  # type: ignore[arg-type]
+        if backend is not None
+        else load_backend(
+            model, cfg.backend, dtype=cfg.dtype, max_length=cfg.max_length, instructions=cfg.use_instructions
+        )
+    )
     plan = check_model(plan, out, model=model, model_id=be.model_id, tasks=list(local))
     if not ranks.is_main:  # a helper: encodes its share of every mteb call, writes nothing
         _score(model, be, local, None, settings, batch_size=batch_size, show_progress=False, ranks=ranks)
         return ranks.broadcast(None)
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # new, to undo
     out.mkdir(parents=True, exist_ok=True)
-    cache_path = Path(cache_dir) if cache_dir else out / "cache" / "embeddings.sqlite"
+    cache_path = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache" / "embeddings.sqlite"
     try:
         with EmbeddingCache(cache_path) as cache:
             logger.info("Loaded %d task(s) and the model in %.1fs", len(local), time.monotonic() - t_load)

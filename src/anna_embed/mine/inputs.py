@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anna_embed.convert import document_text
+from anna_embed.beir import document_text
 from anna_embed.io import InputError, iter_jsonl, text_list
 from anna_embed.mine.config import MiningQuery
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from anna_embed.evaluate.config import EvalConfig, EvalDtype
 from anna_embed.mine.config import MineConfig
 from anna_embed.train.config import (
     DataSection,
@@ -60,7 +61,9 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class EvalSection:
-    """Evaluation of the base model, the trained student and the teacher.
+    """Evaluation of the base model, the trained student and the teacher (each run is an
+    :class:`~anna_embed.evaluate.config.EvalConfig`, :func:`eval_config`; the defaults this section does not
+    change are that class's).
 
     Attributes:
         data_dir: Folder of task folders (``demo:eval``: the packaged demo evaluation set).
@@ -81,12 +84,12 @@ class EvalSection:
     tasks: tuple[str, ...] = ("Banking77Classification", "MassiveScenarioClassification", "QNLIRetrieval")
     teacher: str = "all-minilm-l6-v2"
     base: bool = True
-    shots: int = 0
-    batch_size: int = 32
-    limit: int | None = None
-    dtype: Literal["float32", "bfloat16", "auto"] = "auto"
+    shots: int = EvalConfig.shots
+    batch_size: int = EvalConfig.batch_size
+    limit: int | None = EvalConfig.limit
+    dtype: EvalDtype = "auto"
     max_length: int | None = 512
-    split: str = "test"
+    split: str = EvalConfig.split
 
 
 @dataclass(frozen=True)
@@ -134,3 +137,26 @@ DEMO_CONFIG = PipelineConfig(
         run=RunSection(save_every=10),
     ),
 )
+
+
+def eval_config(cfg: PipelineConfig, label: str, model: str, output: Path, cache_dir: Path) -> EvalConfig:
+    """The evaluation of ``model`` (``label``: ``base``, ``student`` or ``teacher``) into ``output``.
+
+    The teacher is a reference scored as published: zero-shot, float32, its own token budget.
+    """
+    e = cfg.eval
+    teacher = label == "teacher"
+    return EvalConfig(
+        model=model,
+        output=str(output),
+        tasks=tuple(e.tasks),
+        data_dir=str(demo_path(e.data_dir)),
+        shots=0 if teacher else e.shots,
+        seed=cfg.seed,
+        limit=e.limit,
+        split=e.split,
+        batch_size=e.batch_size,
+        cache_dir=str(cache_dir),
+        dtype="float32" if teacher else e.dtype,
+        max_length=None if teacher else e.max_length,
+    )

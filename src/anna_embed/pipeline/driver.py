@@ -20,7 +20,7 @@ from typing import Any
 from anna_embed import config as C
 from anna_embed.model.card import write_card
 from anna_embed.model.weights import resolve
-from anna_embed.pipeline.config import PipelineConfig, demo_path
+from anna_embed.pipeline.config import PipelineConfig, demo_path, eval_config
 from anna_embed.pipeline.data import prepare_sources
 from anna_embed.pipeline.report import write_report
 from anna_embed.records import teacher_embeddings_path
@@ -114,7 +114,6 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
     student = info["model"]
 
     # 5. evaluation: base, student, teacher
-    data_dir = demo_path(cfg.eval.data_dir)
     models = {"base": cfg.train.model.name} if cfg.eval.base else {}
     models["student"] = student
     if cfg.eval.teacher:
@@ -128,20 +127,9 @@ def run(cfg: PipelineConfig, *, force: bool = False) -> dict[str, Any]:
             timed,
             f"eval[{label}]",
             lambda m=model, d=stage.dir, lab=label: evaluate.run_eval(
-                m,
-                list(cfg.eval.tasks),
-                data_dir=data_dir,
-                force=True,  # the stage decided to redo this folder: its old results go
-                output=d,
-                shots=cfg.eval.shots if lab != "teacher" else 0,
-                seed=cfg.seed,
-                limit=cfg.eval.limit,
-                batch_size=cfg.eval.batch_size,
-                dtype=cfg.eval.dtype if lab != "teacher" else "float32",
-                cache_dir=cache / "eval" / "embeddings.sqlite",
-                max_length=cfg.eval.max_length if lab != "teacher" else None,
+                eval_config(cfg, lab, m, d, cache / "eval" / "embeddings.sqlite"),
                 show_progress=False,
-                split=cfg.eval.split,
+                force=True,  # the stage decided to redo this folder: its old results go
             ),
             lambda result, m=model: {"model": m, "scores": result.get("scores", {}), "run": result},
         )
