@@ -130,6 +130,7 @@ run = run_eval(EvalConfig(model=decoder, output=str(out / "eval"), tasks=("STSBe
 report["eval_scores"] = run["scores"]
 report["counts"] = counts
 (out / f"rank-{ranks.rank}.json").write_text(json.dumps(report))
+distributed.finish(0)  # as the anna-embed command ends: no gloo teardown abort after the work is done
 """
 
 

@@ -82,5 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The ``anna-embed`` command (and ``python -m anna_embed.cli``): :func:`main`, then exit through
+    :func:`anna_embed.distributed.finish`, so a ``torchrun`` rank that finished never aborts at teardown."""
+    from anna_embed.distributed import finish
+
+    finish(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

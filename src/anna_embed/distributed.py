@@ -27,7 +27,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 
@@ -253,3 +253,21 @@ def _close() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish(code: int) -> NoReturn:
+    """End the process with ``code``; a rank of a multi-process launch leaves through ``os._exit``.
+
+    gloo's worker threads can abort the interpreter's own teardown ("terminate called without an active
+    exception", SIGABRT) even after the group is destroyed, turning a finished rank into a failed launch.
+    So a process in a process group destroys it, flushes its logs and output, and skips the teardown.
+    Every output is already written (atomically) by then. One process exits normally.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        raise SystemExit(code)
+    _close()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
