@@ -236,22 +236,34 @@ def launch() -> Ranks:
     else:
         backend = "gloo"
     dist.init_process_group(backend)
-    atexit.register(_close)
+    close_at_exit()
     ranks = Ranks(dist.get_rank(), dist.get_world_size())
     logger.debug("Rank %d of %d (%s)", ranks.rank, ranks.world, backend)
     return ranks
 
 
-def _close() -> None:
-    """Destroy the process group :func:`launch` created (at exit).
+_CLOSE_REGISTERED = False
 
-    Without it a gloo worker can abort at interpreter teardown (the group's threads still joinable when
-    static destructors run). No barrier first: a rank may finish long before rank 0 (mining's workers
-    leave after the corpus), and destroying a group does not wait for the other ranks.
+
+def close_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits (registered once per process), for
+    the group :func:`launch` creates and the trainer's ``Accelerator`` alike.
+
+    Without it a gloo worker can abort at interpreter teardown ("terminate called without an active
+    exception": the group's threads are still joinable when static destructors run).
     """
-    import torch.distributed as dist
+    global _CLOSE_REGISTERED
+    if not _CLOSE_REGISTERED:
+        _CLOSE_REGISTERED = True
+        atexit.register(_close)
 
-    if dist.is_initialized():
+
+def _close() -> None:
+    """Destroy the default process group if there is one. No barrier first: a rank may finish long
+    before rank 0 (mining's workers leave after the corpus), and destroying a group does not wait for the
+    other ranks."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

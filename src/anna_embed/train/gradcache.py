@@ -182,27 +182,3 @@ def sum_over_processes(acc: Any, values: list[int]) -> list[int]:
         return values
     t = torch.tensor(values, dtype=torch.long, device=acc.device)
     return acc.reduce(t, reduction="sum").tolist()
-
-
-def close_process_group_at_exit() -> None:
-    """Destroy the default process group when the interpreter exits (registered once per process).
-
-    Without it a gloo process that returns from training can abort at interpreter teardown
-    ("terminate called without an active exception": the group's threads are still joinable when
-    static destructors run), so a finished ``torchrun`` rank exits with SIGABRT now and then.
-    """
-    import atexit
-
-    global _CLOSE_REGISTERED
-    if _CLOSE_REGISTERED:
-        return
-    _CLOSE_REGISTERED = True
-
-    def close() -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-    atexit.register(close)
-
-
-_CLOSE_REGISTERED = False

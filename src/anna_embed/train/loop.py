@@ -31,6 +31,7 @@ import torch
 from accelerate import Accelerator
 
 from anna_embed import config as C
+from anna_embed.distributed import close_at_exit
 from anna_embed.io import write_json
 from anna_embed.train import losses
 from anna_embed.train.batches import TrainBatch, collate, plan_batches, uses_in_batch
@@ -38,7 +39,6 @@ from anna_embed.train.checkpoint import save_checkpoint, save_model
 from anna_embed.train.config import TrainConfig, validate
 from anna_embed.train.data import TrainingSet
 from anna_embed.train.fsdp import clip_gradients, configure_launch, shard
-from anna_embed.train.gradcache import close_process_group_at_exit as close_group_at_exit
 from anna_embed.train.gradcache import gather_with_grad, grad_cache_step, sum_over_processes
 from anna_embed.train.labels import own_positives, soft_labels
 from anna_embed.train.lora import EmbedModule, load_student
@@ -84,7 +84,7 @@ class Trainer:
         self.run_dir = Path(cfg.run.output_dir)
         # cpu=True without CUDA: accelerate then sets up gloo under torchrun (2 CPU processes in the tests)
         self.acc = Accelerator(mixed_precision=cfg.optim.mixed_precision, cpu=not torch.cuda.is_available())
-        close_group_at_exit()
+        close_at_exit()
         configure_launch(self.acc, cfg)
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.sharded = cfg.run.distributed == "fsdp" and self.world > 1  # one process: nothing to shard
