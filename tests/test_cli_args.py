@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import pytest
 
 from anna_embed.cli import main
-from anna_embed.cli_args import MIN, add_arguments, attribute_docs, from_args
+from anna_embed.cli_args import (
+    MIN,
+    add_arguments,
+    add_override_arguments,
+    attribute_docs,
+    from_args,
+    overrides_from_args,
+)
+from anna_embed.mine.config import MineConfig
 
 
 @dataclass(frozen=True)
@@ -200,3 +208,127 @@ def test_eval_cli_builds_the_config_run_eval_gets(monkeypatch, tmp_path, capsys)
     assert seen == {"cfg": cfg, "show_progress": False, "force": True}
     assert seen["cfg"].use_instructions is False
     assert capsys.readouterr().out == "table\n\n"
+
+
+# ----------------------------------------------------------------------------- override flags (mine)
+
+
+def _override_parser(cls: type = Every, **kw) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t")
+    add_override_arguments(parser, cls, **kw)
+    return parser
+
+
+def test_override_flags_given_become_exactly_the_override_strings():
+    argv = [
+        "--count", "7", "--ratio", "0.25", "--flag", "--no-progress", "--mode", "slow",
+        "--tasks", " X, Y,,Z ", "--limit", "none", "--note", "a=b", "--kind", "y",
+    ]  # fmt: skip
+    got = overrides_from_args(Every, _override_parser().parse_args(argv))
+    assert got == [
+        "count=7", "ratio=0.25", "flag=true", "progress=false", "mode=slow", "tasks=X,Y,Z", "limit=none",
+        "note=a=b", "kind=y",
+    ]  # fmt: skip
+    assert overrides_from_args(Every, _override_parser().parse_args([])) == []  # nothing given: nothing set
+    assert overrides_from_args(Every, _override_parser().parse_args(["--progress"])) == ["progress=true"]
+    assert overrides_from_args(Every, _override_parser().parse_args(["--limit", "NULL"])) == ["limit=none"]
+
+
+def test_override_flags_default_to_none_and_take_none_where_optional():
+    flags = _flags(_override_parser(exclude=("sizes",)))
+    assert "--sizes" not in flags and "--name" in flags and not flags["--name"].required
+    assert {a.default for a in flags.values()} == {None}
+    assert flags["--mode"].choices == ["fast", "slow"] and flags["--kind"].choices == ["x", "y", "none"]
+    assert "--no-flag" in flags and "--no-progress" in flags
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--count", "0"], "argument --count: must be >= 1, got 0"),
+        (["--count", "none"], "argument --count: expected an integer, got 'none'"),
+        (["--limit", "x"], "argument --limit: expected an integer or none, got 'x'"),
+        (["--mode", "none"], "argument --mode: invalid choice: 'none'"),
+        (["--ratio", "1e"], "argument --ratio: expected a number, got '1e'"),
+        (["--sizes", "1,x"], "argument --sizes: expected comma-separated values, got '1,x'"),
+    ],
+)
+def test_bad_override_values_are_refused_by_argparse(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _override_parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _mine(argv: list[str], monkeypatch) -> MineConfig:
+    """The :class:`MineConfig` ``anna-embed mine ARGV`` hands the driver (which is faked)."""
+    from anna_embed.mine import driver
+
+    seen = {}
+    monkeypatch.setattr(driver, "run", lambda cfg, *a, **kw: seen.update(cfg=cfg) or {"summary": []})
+    assert main(["mine", "--train", "t.jsonl", "--out", "o.jsonl", *argv]) == 0
+    return seen["cfg"]
+
+
+def test_mine_flags_override_the_config_file_and_set(tmp_path, monkeypatch):
+    toml = tmp_path / "mine.toml"
+    toml.write_text('top_k = 12\nindex = "hnsw"\nrelative_margin = 0.2\nbm25 = true\nmax_length = 64\n')
+    file_cfg = MineConfig(top_k=12, index="hnsw", relative_margin=0.2, bm25=True, max_length=64)
+    assert _mine(["--config", str(toml)], monkeypatch) == file_cfg  # no flag: the file's values
+    cfg = _mine(["--config", str(toml), "--top-k", "30", "--set", "top_k=5", "--set", "seed=3"], monkeypatch)
+    assert cfg == replace(file_cfg, top_k=30, seed=3)  # a flag beats --set, the rest of the file stays
+    cfg = _mine(
+        ["--config", str(toml), "--relative-margin", "none", "--no-bm25", "--max-length", "none"], monkeypatch
+    )
+    assert cfg == replace(file_cfg, relative_margin=None, bm25=False, max_length=None)
+    cfg = _mine(
+        ["--index", "ivf", "--ivf-nlist", "8", "--teacher-embeddings", "--dtype", "auto"], monkeypatch
+    )
+    assert cfg == MineConfig(index="ivf", ivf_nlist=8, teacher_embeddings=True, dtype="auto")
+
+
+def test_mine_flags_are_the_overrides_load_gets(monkeypatch):
+    import anna_embed.mine.cli as mine_cli
+
+    seen = []
+    monkeypatch.setattr(mine_cli, "load", lambda cls, path, overrides: seen.append(overrides) or MineConfig())
+    monkeypatch.setattr(mine_cli.driver, "run", lambda *a, **kw: {"summary": []})
+    argv = ["--set", "seed=1", "--seed", "2", "--relative-margin", "none", "--bm25", "--max-length", "128"]
+    assert main(["mine", "--train", "t", "--out", "o", *argv]) == 0
+    assert seen == [["seed=1", "bm25=true", "relative_margin=none", "max_length=128", "seed=2"]]
+
+
+def test_mine_bad_choice_exits_2_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["mine", "--train", "t", "--out", "o", "--index", "foo"])
+    assert exc.value.code == 2
+    assert (
+        "argument --index: invalid choice: 'foo' (choose from 'flat', 'hnsw', 'ivf')"
+        in capsys.readouterr().err
+    )
+
+
+def test_mine_keeps_its_flags_and_every_field_shows_its_docstring():
+    flags = _verb_flags("mine")
+    old = [
+        "retriever", "reranker", "task", "top-k", "index", "relative-margin", "absolute-margin",
+        "num-negatives", "sampling", "seed", "batch-size", "max-length", "reranker-max-length",
+        "shard-size", "dtype", "bm25", "teacher-embeddings",
+    ]  # fmt: skip
+    assert {f"--{n}" for n in old} <= set(flags)
+    assert all(flags[f"--{n}"] == (None, False) for n in old)  # not given: no override
+    for own in ["--train", "--corpus", "--out", "--config", "--set", "--cache-dir", "--report-dir"]:
+        assert own in flags
+    import anna_embed.mine.cli as mine_cli
+
+    parser = argparse.ArgumentParser()
+    mine_cli.add_cli("mine", parser)
+    actions = {a.dest: a for a in parser._actions}
+    docs = attribute_docs(MineConfig)
+    assert set(docs) == {f.name for f in dataclasses.fields(MineConfig)}
+    for f in dataclasses.fields(MineConfig):
+        shown = " ".join(actions[f.name].help.split())
+        first = docs[f.name].replace("``", "").split(" (:")[0].removesuffix(".")
+        assert shown.startswith(" ".join(first.split())), f.name
+        assert "MineConfig." not in shown
+    parser.format_help()  # every help formats (no stray %)

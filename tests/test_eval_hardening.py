@@ -62,13 +62,13 @@ class HashBackend:
         self.model_id, self.crash_on = model_id, crash_on
         self.training_datasets: tuple[str, ...] = ()
 
-    def query_prefix(self, task: object, examples: Sequence[tuple[str, str]]) -> str:
+    def query_prefix(self, task: object, *, examples: Sequence[tuple[str, str]] = ()) -> str:
         return ""
 
-    def document_prefix(self, task: object, examples: Sequence[tuple[str, str]] = ()) -> str:
+    def document_prefix(self, task: object, *, examples: Sequence[tuple[str, str]] = ()) -> str:
         return ""
 
-    def encode(self, texts: list[str], prefix: str, batch_size: int) -> np.ndarray:
+    def encode(self, texts: list[str], *, prefix: str, batch_size: int, show_progress: bool) -> np.ndarray:
         if self.crash_on is not None and self.crash_on in texts:
             raise RuntimeError("simulated crash while encoding")
         rows = []

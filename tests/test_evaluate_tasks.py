@@ -31,9 +31,9 @@ ALL_TASKS = {
 
 @pytest.fixture
 def backend(make_embedder):
-    from anna_embed.evaluate.adapter import EmbedderBackend
+    from anna_embed.model.mteb import EmbedderBackend
 
-    return EmbedderBackend.wrap(make_embedder("llama"), model_id="tiny-llama-test")
+    return EmbedderBackend(make_embedder("llama"), model_id="tiny-llama-test")
 
 
 def test_every_task_type_runs_end_to_end(tmp_path, backend):
@@ -79,7 +79,7 @@ def test_cache_makes_a_rerun_encode_nothing(tmp_path, backend):
     )
     calls = []
     original = backend.encode
-    backend.encode = lambda texts, prefix, bs: calls.append(len(texts)) or original(texts, prefix, bs)
+    backend.encode = lambda texts, **kw: calls.append(len(texts)) or original(texts, **kw)
     second = run_eval(
         EvalConfig(
             model="tiny", tasks=("STSBenchmark",), data_dir=FIXTURES, output=tmp_path / "b", cache_dir=cache
@@ -99,13 +99,13 @@ def test_prompt_too_long_for_max_length_fails_before_any_encoding(tmp_path, back
 
     # a budget that fits the STS prompt but not the (longer) Banking77 one, which comes second
     n = {
-        t: backend.emb.check_prefix(backend.query_prefix(task_or_custom(t, ty, None), ()))
+        t: backend.emb.check_prefix(backend.query_prefix(task_or_custom(t, ty, None)))
         for t, ty in [("STSBenchmark", "STS"), ("Banking77Classification", "Classification")]
     }
     assert n["STSBenchmark"] < n["Banking77Classification"] - 1
     backend.emb.config = replace(backend.emb.config, max_length=n["Banking77Classification"])
     calls = []
-    backend.encode = lambda texts, prefix, bs: calls.append(len(texts))
+    backend.encode = lambda texts, **kw: calls.append(len(texts))
     with pytest.raises(ValueError, match=r"^Banking77Classification: The prompt prefix takes \d+ tokens"):
         run_eval(
             EvalConfig(
@@ -122,22 +122,23 @@ def test_prompt_too_long_for_max_length_fails_before_any_encoding(tmp_path, back
 
 
 def test_cached_vectors_equal_fresh_ones(tmp_path, backend):
-    from anna_embed.evaluate.adapter import EmbeddingCache, EvalEncoder
+    from anna_embed.evaluate.adapter import EmbeddingCache
+    from anna_embed.model.mteb import MtebEncoder
 
     texts = ["A man plays guitar.", "Cats sleep.", "A man plays guitar."]
-    enc = EvalEncoder(backend, tasks={}, cache=EmbeddingCache(tmp_path / "c.sqlite"), show_progress=False)
+    enc = MtebEncoder(backend, cache=EmbeddingCache(tmp_path / "c.sqlite"), show_progress=False)
     a = enc.encode_texts(texts, "Instruct: x\nQuery:\n")
     b = enc.encode_texts(texts, "Instruct: x\nQuery:\n")
-    fresh = backend.encode(texts, "Instruct: x\nQuery:\n", 8)
+    fresh = backend.encode(texts, prefix="Instruct: x\nQuery:\n", batch_size=8, show_progress=False)
     np.testing.assert_allclose(a, fresh, atol=1e-6)
     np.testing.assert_array_equal(a, b)
     assert enc.cache.misses == 2 and enc.cache.hits == 4  # the duplicate text was encoded once
 
 
 def test_prefix_depends_on_role_and_task(backend):
-    from anna_embed.evaluate.adapter import EvalEncoder
+    from anna_embed.model.mteb import MtebEncoder
 
-    enc = EvalEncoder(backend, tasks={}, examples={"SciFact": [("q", "d")]}, show_progress=False)
+    enc = MtebEncoder(backend, examples={"SciFact": [("q", "d")]}, show_progress=False)
     q = enc.prefix("SciFact", "Retrieval", "query")
     assert "scientific claim" in q and "Response:\nd" in q
     assert enc.prefix("SciFact", "Retrieval", "document") == ""

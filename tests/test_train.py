@@ -391,7 +391,7 @@ def _unpadded(emb: Any, texts: list[str], extra: list[int]) -> list[list[int]]:
 def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny: dict[str, Path]) -> None:
     from mteb.types import PromptType
 
-    from anna_embed.evaluate.adapter import EmbedderBackend, EvalEncoder
+    from anna_embed.model.mteb import EmbedderBackend, MtebEncoder
     from anna_embed.model.tokenization import CLIP_MARK
     from anna_embed.train.report import prompt_counts
 
@@ -418,7 +418,7 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
             seen.clear(), seen_ids.clear()
             emb.encode_queries([ts.records[i].query], task=get_task("SciFact"), examples=shots)
             assert seen == [batch.queries[row]] and seen_ids == [trained[row]]
-            evaluator = EvalEncoder(EmbedderBackend.wrap(emb, "tiny"), tasks={}, examples={"SciFact": shots})
+            evaluator = MtebEncoder(EmbedderBackend(emb, "tiny"), examples={"SciFact": shots})
             assert evaluator.prefix("SciFact", "Retrieval", PromptType.query) + ts.records[i].query == seen[0]
             seen.clear()
             emb.encode_documents([ts.records[i].positives[0]], task="SciFact")
@@ -428,7 +428,7 @@ def test_collator_strings_and_ids_equal_what_encode_queries_and_eval_build(tiny:
 
 @pytest.mark.parametrize("task", ["STSBenchmark", "Banking77Classification"])
 def test_symmetric_documents_get_the_eval_prompt(tiny: dict[str, Path], task: str) -> None:
-    from anna_embed.evaluate.adapter import EmbedderBackend, EvalEncoder
+    from anna_embed.model.mteb import EmbedderBackend, MtebEncoder
     from anna_embed.train.data import parse_record
 
     emb, seen, seen_ids = _capturing_embedder(tiny["model"])
@@ -447,7 +447,7 @@ def test_symmetric_documents_get_the_eval_prompt(tiny: dict[str, Path], task: st
                 for s in ts.sample_shots(i, seed=2, epoch=epoch, max_shots=2)
             ]
             with_shots += bool(shots)
-            evaluator = EvalEncoder(EmbedderBackend.wrap(emb, "tiny"), tasks={}, examples={task: shots})
+            evaluator = MtebEncoder(EmbedderBackend(emb, "tiny"), examples={task: shots})
             prefix = evaluator.prefix(task, get_task(task).type, None)  # mteb: no role on symmetric tasks
             assert batch.queries[row] == prefix + ts.records[i].query
             for j in range(2):

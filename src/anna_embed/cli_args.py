@@ -17,6 +17,14 @@ no default                             a required flag
 
 Bad values are refused by argparse (exit code 2, the flag named) before anything loads.
 
+:func:`add_override_arguments` adds the same flags as *overrides* of a config that
+:func:`anna_embed.config.load` reads from a file: every flag defaults to None (not given: the file's
+value, else the field's, stands), and :func:`overrides_from_args` turns the flags given into
+``field=value`` strings for ``load``, which converts them as it converts ``--set field=value``. The
+value is checked on the command line (a number, a choice, ``metadata={"min": N}``) but passed on as
+typed; an ``X | None`` field also takes ``none`` (or ``null``), and a bool field is ``--name`` /
+``--no-name`` (``name=true`` / ``name=false``).
+
 Example:
     >>> import argparse
     >>> from dataclasses import dataclass, field
@@ -35,6 +43,10 @@ Example:
     >>> add_arguments(parser, Opt)
     >>> from_args(Opt, parser.parse_args(["--tasks", "A, B", "--batch-size", "4"]))
     Opt(batch_size=4, tasks=('A', 'B'))
+    >>> parser = argparse.ArgumentParser()
+    >>> add_override_arguments(parser, Opt)
+    >>> overrides_from_args(Opt, parser.parse_args(["--batch-size", "4"]))
+    ['batch_size=4']
 """
 
 from __future__ import annotations
@@ -124,10 +136,29 @@ def comma_separated(inner: Callable[[str], Any], container: type) -> Callable[[s
     return parse
 
 
+def _value_parser(
+    f: dataclasses.Field[Any], tp: Any, container: Any = None
+) -> tuple[Callable[[str], Any], list[Any] | None]:
+    """How one field's flag value is read: its argparse ``type`` and its choices (a ``Literal`` or
+    ``metadata={"choices": ...}``); a list or tuple field's items come back in ``container``."""
+    base, _ = _unwrap_optional(tp)
+    origin = typing.get_origin(base)
+    choices = list(f.metadata[CHOICES]) if CHOICES in f.metadata else None
+    if origin is typing.Literal:
+        return str, choices or list(typing.get_args(base))
+    if origin in (tuple, list):
+        inner = (typing.get_args(base) or (str,))[0]
+        return comma_separated(inner if inner in (int, float, str) else str, container or origin), choices
+    if base in (int, float) and MIN in f.metadata:
+        return at_least(f.metadata[MIN], base), choices
+    if base in (int, float, str):
+        return base, choices
+    raise TypeError(f"{f.name}: no flag for the type {tp!r}")
+
+
 def _field_kwargs(f: dataclasses.Field[Any], tp: Any, help_text: str) -> tuple[str, dict[str, Any]]:
     """The flag and ``add_argument`` keywords of one field."""
     base, _ = _unwrap_optional(tp)
-    origin = typing.get_origin(base)
     has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     default = f.default if f.default is not dataclasses.MISSING else None
     if f.default_factory is not dataclasses.MISSING:
@@ -137,19 +168,9 @@ def _field_kwargs(f: dataclasses.Field[Any], tp: Any, help_text: str) -> tuple[s
         if default:
             return "--no-" + f.name.replace("_", "-"), {**kw, "action": "store_false", "default": True}
         return flag_name(f.name), {**kw, "action": "store_true", "default": False}
-    if origin is typing.Literal:
-        kw["choices"] = list(typing.get_args(base))
-    elif origin in (tuple, list):
-        inner = (typing.get_args(base) or (str,))[0]
-        kw["type"] = comma_separated(inner if inner in (int, float, str) else str, origin)
-    elif base in (int, float) and MIN in f.metadata:
-        kw["type"] = at_least(f.metadata[MIN], base)
-    elif base in (int, float, str):
-        kw["type"] = base
-    else:
-        raise TypeError(f"{f.name}: no flag for the type {tp!r}")
-    if CHOICES in f.metadata:
-        kw["choices"] = list(f.metadata[CHOICES])
+    kw["type"], choices = _value_parser(f, tp)
+    if choices is not None:
+        kw["choices"] = choices
     if has_default:
         kw["default"] = default
         if default not in (None, (), []) and kw["help"]:
@@ -194,3 +215,78 @@ def from_args(cls: type[T], args: argparse.Namespace, **values: Any) -> T:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     parsed = {n: getattr(args, n) for n in names if n not in values and hasattr(args, n)}
     return cls(**parsed, **values)
+
+
+_NULL = ("none", "null")
+_NOUNS: dict[object, str] = {int: "an integer", float: "a number"}
+
+
+def _checked(check: Callable[[str], Any], optional: bool) -> Callable[[str], str]:
+    """An argparse ``type``: ``text`` as typed once ``check(text)`` accepts it (a list: its items joined
+    back with commas, blanks dropped); ``none`` too where ``optional``."""
+
+    def parse(text: str) -> str:
+        if optional and text.strip().lower() in _NULL:
+            return "none"
+        try:
+            value = check(text)
+        except ValueError:
+            kind = _NOUNS.get(check, "comma-separated values") + (" or none" if optional else "")
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        return ",".join(map(str, value)) if isinstance(value, list) else text
+
+    return parse
+
+
+def _override_kwargs(f: dataclasses.Field[Any], tp: Any, help_text: str) -> dict[str, Any]:
+    """The ``add_argument`` keywords of one field's override flag (its value: a string for ``load``)."""
+    base, optional = _unwrap_optional(tp)
+    kw: dict[str, Any] = {"dest": f.name, "default": None, "help": _plain(help_text).replace("%", "%%")}
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if default not in (dataclasses.MISSING, None, (), []) and kw["help"]:
+        shown = ",".join(map(str, default)) if isinstance(default, tuple | list) else default
+        kw["help"] = kw["help"].removesuffix(".") + f" (default: {shown})".replace("%", "%%") + "."
+    kw["help"] = kw["help"] or None
+    if base is bool:
+        return {**kw, "action": argparse.BooleanOptionalAction}
+    check, choices = _value_parser(f, tp, list)
+    if choices is not None:
+        choices = [str(c) for c in choices]
+        kw["choices"] = [*choices, "none"] if optional else choices
+    return {**kw, "type": _checked(check, optional)}
+
+
+def add_override_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+) -> None:
+    """Add an override flag per field of the dataclass ``cls``: default None, so a flag not given
+    changes nothing (see the module docstring; read them back with :func:`overrides_from_args`).
+
+    Args:
+        parser: Where the flags go.
+        cls: A (frozen) dataclass with the field types :func:`add_arguments` knows.
+        exclude: Fields that get no flag.
+
+    Raises:
+        TypeError: A field of a type this mapping has no flag for.
+    """
+    hints = typing.get_type_hints(cls)
+    docs = attribute_docs(cls)
+    skip = set(exclude)
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            parser.add_argument(flag_name(f.name), **_override_kwargs(f, hints[f.name], docs.get(f.name, "")))
+
+
+def overrides_from_args(cls: type, args: argparse.Namespace) -> list[str]:
+    """``["field=value", ...]`` of the flags of :func:`add_override_arguments` that were given, in field
+    order (bools as ``true`` / ``false``), for :func:`anna_embed.config.load`."""
+    out = []
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out.append(f"{f.name}={str(value).lower() if isinstance(value, bool) else value}")
+    return out

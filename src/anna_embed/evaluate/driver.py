@@ -40,8 +40,9 @@ from anna_embed.tasks import benchmark_tasks
 
 if TYPE_CHECKING:
     from anna_embed.distributed import Ranks
-    from anna_embed.evaluate.adapter import EmbeddingCache, EvalEncoder, TextBackend
+    from anna_embed.evaluate.adapter import EmbeddingCache
     from anna_embed.evaluate.tasks import LocalTask
+    from anna_embed.model.mteb import MtebEncoder, TextBackend
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def run_eval(
     (choosing settings on validation data); it is recorded in ``run.json``.
 
     ``cfg.backend`` (``"embedder"`` or ``"sentence-transformers"``) loads the model; an already-built
-    :class:`~anna_embed.evaluate.adapter.TextBackend` given as ``backend`` is used instead (then
+    :class:`~anna_embed.model.mteb.TextBackend` given as ``backend`` is used instead (then
     ``cfg.model`` is only the name recorded). ``show_progress`` shows progress bars.
 
     A folder that already holds results of the same model and settings keeps them: this run's tasks
@@ -181,9 +182,9 @@ def _score(
     batch_size: int,
     show_progress: bool,
     ranks: Ranks,
-) -> tuple[EvalEncoder, dict[str, Any], dict[str, dict[str, Any]]]:
+) -> tuple[MtebEncoder, dict[str, Any], dict[str, dict[str, Any]]]:
     """Score every task with mteb; nothing is written but the cache (rank 0's; the other ranks have none
-    and encode their share of each call, :class:`~anna_embed.evaluate.adapter.EvalEncoder`).
+    and encode their share of each call, :class:`~anna_embed.model.mteb.MtebEncoder`).
 
     Returns:
         The encoder, the mteb ``TaskResult`` per task scored, and this run's per-task records for
@@ -191,7 +192,8 @@ def _score(
     """
     import mteb
 
-    from anna_embed.evaluate.adapter import EvalEncoder, example_pool, pick_examples
+    from anna_embed.evaluate.adapter import example_pool, pick_examples
+    from anna_embed.model.mteb import MtebEncoder
 
     shots, seed = settings["shots"], settings["seed"]
     examples, sources = {}, {}
@@ -201,10 +203,10 @@ def _score(
         sources[name] = source
         if shots > 0 and len(examples[name]) < shots:
             logger.warning("%s: %d of %d shots (%s)", name, len(examples[name]), shots, source)
-    enc = EvalEncoder(
+    enc = MtebEncoder(
         be,
-        tasks=local,
         examples=examples,
+        instructions={name: lt.instruction for name, lt in local.items()},
         cache=cache,
         model_name=model.strip("/"),
         batch_size=batch_size,
@@ -214,7 +216,8 @@ def _score(
     results: dict[str, Any] = {}
     timing: dict[str, float] = {}
     errors: dict[str, str] = {}
-    enc.check_prompts()  # a prompt too long for max_length fails here, before any task is encoded
+    # a prompt too long for max_length fails here, before any task is encoded
+    enc.check_prompts({name: lt.type for name, lt in local.items()})
     for name, lt in local.items():
         t0 = time.monotonic()
         logger.debug("Evaluating %s (%s, %s)", name, lt.type, lt.folder or "hub")

@@ -216,9 +216,8 @@ class Embedder(PromptMixin, MtebMixin):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if task_metadata is not None:
-            return self._encode_mteb(
-                inputs, task_metadata, prompt_type, batch_size=batch_size, dimensions=dimensions
-            )
+            vectors = self._encode_mteb(inputs, task_metadata, prompt_type, batch_size=batch_size, **kwargs)
+            return truncate_dims(vectors, dimensions)
         texts = list(inputs)
         if not texts:
             return np.zeros((0, dimensions or self.dimension), dtype=np.float32)
