@@ -1,4 +1,4 @@
-"""The only place prompt strings are built.
+"""The only place prompt strings are built: the embedder's, and mining's LLM judge's (:func:`judge_prompt`).
 
 Training, encoding, evaluation and serving all call :func:`query_prefix` / :func:`document_prefix`, and
 the templates travel with every saved model (``PromptTemplates.to_dict`` / ``from_dict``).
@@ -174,3 +174,25 @@ def build_prompt(
     else:
         raise ValueError(f"role must be 'query' or 'document', got {role!r}")
     return prefix + text
+
+
+# ------------------------------------------------------------------------- the LLM judge (mining)
+
+#: The judge's relevance question; ``{instruction}`` is the task's instruction (or a generic one).
+JUDGE_PROMPT = (
+    "Judge whether the document is relevant to the query.\n"
+    "Task: {instruction}\n"
+    "Query: {query}\n"
+    "Document: {document}\n"
+    "Is the document relevant to the query? Answer yes or no."
+)
+JUDGE_DEFAULT_INSTRUCTION = "Given a query, find documents that answer it."
+#: Answer prefix used when the tokenizer has no chat template.
+JUDGE_PLAIN_SUFFIX = "\nAnswer:"
+
+
+def judge_prompt(query: str, document: str, *, instruction: str | None = None) -> str:
+    """The relevance question put to the causal-LM judge (before any chat template)."""
+    return JUDGE_PROMPT.format(
+        instruction=instruction or JUDGE_DEFAULT_INSTRUCTION, query=query, document=document
+    )

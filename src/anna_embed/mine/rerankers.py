@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from anna_embed import prompts as P
 from anna_embed.mine.config import ScoreKind, check_pairs
 
 
@@ -71,33 +72,13 @@ class CrossEncoderReranker:
         return np.asarray(out, dtype=np.float32).reshape(len(pairs))
 
 
-#: The judge's relevance question; ``{instruction}`` is the task's instruction (or a generic one).
-JUDGE_PROMPT = (
-    "Judge whether the document is relevant to the query.\n"
-    "Task: {instruction}\n"
-    "Query: {query}\n"
-    "Document: {document}\n"
-    "Is the document relevant to the query? Answer yes or no."
-)
-JUDGE_DEFAULT_INSTRUCTION = "Given a query, find documents that answer it."
-#: Answer prefix used when the tokenizer has no chat template.
-JUDGE_PLAIN_SUFFIX = "\nAnswer:"
-
-
-def judge_prompt(query: str, document: str, *, instruction: str | None = None) -> str:
-    """The relevance question put to the causal-LM judge (before any chat template)."""
-    return JUDGE_PROMPT.format(
-        instruction=instruction or JUDGE_DEFAULT_INSTRUCTION, query=query, document=document
-    )
-
-
 class LLMJudgeReranker:
     """A causal LM used as a pointwise yes/no relevance judge: score = ``logit(yes) - logit(no)``.
 
-    The prompt is :func:`judge_prompt`, wrapped in the tokenizer's chat template (assistant turn opened)
-    when it has one, otherwise followed by ``"\\nAnswer:"``. Documents are truncated to
-    ``max_document_tokens`` before the prompt is built, so the question always survives. Batches are
-    left-padded with explicit position ids, so a pair's score does not depend on its batch.
+    The prompt is :func:`anna_embed.prompts.judge_prompt`, wrapped in the tokenizer's chat template
+    (assistant turn opened) when it has one, otherwise followed by ``"\\nAnswer:"``. Documents are
+    truncated to ``max_document_tokens`` before the prompt is built, so the question always survives.
+    Batches are left-padded with explicit position ids, so a pair's score does not depend on its batch.
 
     Args:
         model: A ``transformers`` causal LM.
@@ -157,12 +138,12 @@ class LLMJudgeReranker:
         ids = self.tokenizer(document, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_document_tokens:
             document = self.tokenizer.decode(ids[: self.max_document_tokens])
-        question = judge_prompt(query, document, instruction=instruction)
+        question = P.judge_prompt(query, document, instruction=instruction)
         if self.use_chat:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
             )
-        return question + JUDGE_PLAIN_SUFFIX
+        return question + P.JUDGE_PLAIN_SUFFIX
 
     def score(
         self,
