@@ -1,5 +1,5 @@
 """Tables of the fourth round (issue 11): validation at budgets B and 2B, then the test runs at the chosen
-budget; writes tables.md and seed0.json / seed1.json / seed2.json (rows with model, mean_task (ten tasks),
+budget; writes tables.md and seed0.json .. seed3.json (the seeds that ran) (rows with model, mean_task (ten tasks),
 mean_task_nine, per_task, cost) and copies the runs' logs and commands here."""
 import json
 import shutil
@@ -44,7 +44,7 @@ for b in (B, 2 * B):
                      f"{mean(list(p.values()))} | {c['steps']} | {c['tokens']:,} | {c['train_seconds']} |")
 lines += ["", f"Chosen budget (both arms): {budget:,} tokens. Rule: {choice.get('rule', 'n/a')}"]
 summary = {}
-for seed in (0, 1, 2):
+for seed in (0, 1, 2, 3):
     rows = [r for n in ARMS if (r := load("test", seed, n, budget))]
     if not rows:
         continue
@@ -73,11 +73,11 @@ for seed in (0, 1, 2):
                      + f" | {c['steps']} | {c['tokens']:,} | {c['train_seconds']} |")
 if summary:
     lines += ["", "## Mean(Task) on the nine tasks, per seed", "", "| model | " +
-              " | ".join(f"seed {s}" for s in (0, 1, 2)) + " | mean over seeds run |", "|---|---:|---:|---:|---:|"]
+              " | ".join(f"seed {s}" for s in (0, 1, 2, 3)) + " | mean over seeds run |", "|---|---:|---:|---:|---:|---:|"]
     for m, per in summary.items():
-        lines.append(f"| {m} | " + " | ".join(str(per.get(s, "")) for s in (0, 1, 2))
+        lines.append(f"| {m} | " + " | ".join(str(per.get(s, "")) for s in (0, 1, 2, 3))
                      + f" | {mean(list(per.values()))} |")
-    both = [s for s in (0, 1, 2) if all(s in per for per in summary.values())]
+    both = [s for s in (0, 1, 2, 3) if all(s in per for per in summary.values())]
     if len(summary) == 2 and both:
         gap = mean([summary["distill_kl1_t10"][s] - summary["inbatch_only"][s] for s in both])
         lines += ["", f"distill_kl1_t10 - inbatch_only, mean over seeds {both}: {gap:+.2f}"]
