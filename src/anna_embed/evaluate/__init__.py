@@ -3,7 +3,8 @@
 ``run_eval(EvalConfig(model=, output=, tasks=, data_dir=))`` (:func:`anna_embed.evaluate.driver.run_eval`) is
 the stage. Modules: ``config`` (:class:`EvalConfig`, from which the ``eval`` flags are generated),
 ``readers`` (one validating reader per task type), ``tasks`` (folders -> mteb task objects),
-``adapter`` (our model behind mteb's encoder protocol, with an embedding cache), ``report`` (result
+``adapter`` (the backends and the embedding cache that
+:class:`anna_embed.model.mteb.MtebEncoder`, the one mteb adapter, serves), ``report`` (result
 folders, summaries, the leaderboard), ``driver`` (the run), ``cli`` (``eval`` and ``leaderboard``).
 """
 

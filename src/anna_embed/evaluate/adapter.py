@@ -1,13 +1,13 @@
-"""What ``anna-embed eval`` puts behind mteb's protocol: model backends, an on-disk vector cache, shots.
+"""What ``anna-embed eval`` puts behind mteb's protocol: the model backends and an on-disk vector cache.
 
 The protocol itself is :class:`anna_embed.model.mteb.MtebEncoder` (the one adapter: prompts per task and
 role, cache lookups, sharding). This module supplies what it serves: the backends, ``embedder``
 (:class:`anna_embed.model.embedder.Embedder`: decoder LLMs, sentence-transformers folders, our saved
 models; :func:`load_embedder`) and ``sentence-transformers`` (``SentenceTransformer`` itself, for
-checking), each under a cache id of its folder's files and settings; the :class:`EmbeddingCache`, where
+checking), each under a cache id of its folder's files and settings; and the :class:`EmbeddingCache`, where
 every ``(model, prefix, text)`` is looked up before anything is encoded (re-running a task, or adding one
-that shares texts with another, MassiveIntent/MassiveScenario, re-encodes nothing); and the few-shot
-examples of each task.
+that shares texts with another, MassiveIntent/MassiveScenario, re-encodes nothing). Each task's few-shot
+examples come from :mod:`anna_embed.shots`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from typing import Literal
 import numpy as np
 
 from anna_embed import prompts as P
-from anna_embed.evaluate.tasks import LocalTask
-from anna_embed.model.mteb import EmbedderBackend, TextBackend, vector_key
-from anna_embed.shots import few_shot_pool, sample_examples
+from anna_embed.model.mteb import EmbedderBackend, TextBackend
 from anna_embed.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -114,7 +112,7 @@ def load_backend(
 
 
 class EmbeddingCache:
-    """Vectors on disk (SQLite), keyed by ``sha256(model_id, prefix, text)``.
+    """Vectors on disk (SQLite), keyed by :func:`anna_embed.model.mteb.vector_key` (a ``VectorCache``).
 
     Args:
         path: The database file (created with its folder).
@@ -127,8 +125,6 @@ class EmbeddingCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS vec (key BLOB PRIMARY KEY, dim INTEGER, data BLOB)")
         self.hits = self.misses = 0
-
-    key = staticmethod(vector_key)
 
     def get_many(self, keys: list[bytes]) -> dict[bytes, np.ndarray]:
         found: dict[bytes, np.ndarray] = {}
@@ -158,16 +154,3 @@ class EmbeddingCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# ------------------------------------------------------------------------------------------- few-shot
-
-
-def example_pool(local: LocalTask) -> tuple[list[P.Example], str]:
-    """Few-shot candidates from a local task's training data (see :func:`anna_embed.shots.few_shot_pool`)."""
-    return few_shot_pool(local.type, local.folder)
-
-
-def pick_examples(pool: Sequence[P.Example], k: int, *, seed: int, task: str) -> list[P.Example]:
-    """``k`` seeded examples (:func:`anna_embed.shots.sample_examples`; the model clips them by tokens)."""
-    return sample_examples(pool, k, seed=seed, task=task)

@@ -192,14 +192,14 @@ def _score(
     """
     import mteb
 
-    from anna_embed.evaluate.adapter import example_pool, pick_examples
     from anna_embed.model.mteb import MtebEncoder
+    from anna_embed.shots import few_shot_pool, sample_examples
 
     shots, seed = settings["shots"], settings["seed"]
     examples, sources = {}, {}
     for name, lt in local.items():
-        pool, source = example_pool(lt) if shots > 0 else ([], "")
-        examples[name] = pick_examples(pool, shots, seed=seed, task=name)
+        pool, source = few_shot_pool(lt.type, lt.folder) if shots > 0 else ([], "")
+        examples[name] = sample_examples(pool, shots, seed=seed, task=name)
         sources[name] = source
         if shots > 0 and len(examples[name]) < shots:
             logger.warning("%s: %d of %d shots (%s)", name, len(examples[name]), shots, source)
