@@ -75,7 +75,7 @@ for seed in (0, 1):
                      + " | ".join(f"{r['per_task'][k]:.2f}" for k in NINE + ["SciFact"])
                      + f" | {c['steps']} | {c['tokens']:,} | {c['train_seconds']} |")
 if summary:
-    lines += ["", "## Mean(Task) on the nine tasks, per seed (paired: same records, order and init per seed)", "",
+    lines += ["", "## Mean(Task) on the nine tasks, per seed (paired by seed: same records, sampler seed and LoRA initialisation)", "",
               "| model | seed 0 | seed 1 | mean | vs inbatch_only, per seed | mean gap |", "|---|---:|---:|---:|---:|---:|"]
     ref = summary["inbatch_only"]
     for m, per in summary.items():
