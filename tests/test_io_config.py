@@ -112,11 +112,11 @@ def test_pipeline_config_file_takes_a_base_too(tmp_path):
     from anna_embed.pipeline.config import PipelineConfig
 
     full = Path(__file__).resolve().parents[1] / "configs" / "full.toml"
-    variant = tmp_path / "no_shots.toml"
-    variant.write_text(f'base = "{full}"\noverrides = ["train.data.max_shots=0"]\n')
-    assert config.load(PipelineConfig, variant) == config.load(
-        PipelineConfig, full, ["train.data.max_shots=0"]
-    )
+    variant = tmp_path / "two_shots.toml"
+    variant.write_text(f'base = "{full}"\noverrides = ["train.data.max_shots=2"]\n')
+    loaded = config.load(PipelineConfig, variant)
+    assert loaded == config.load(PipelineConfig, full, ["train.data.max_shots=2"])
+    assert loaded != config.load(PipelineConfig, full) and loaded.train.data.max_shots == 2
 
 
 def test_config_base_errors_name_the_file(tmp_path):

@@ -163,10 +163,11 @@ def test_tiny_pipeline_writes_a_model_card_with_the_run_s_scores(make_embedder, 
         "`tiny-llama` (loaded from",
         "LoRA r=8, alpha=16",
         "student temperature 0.02",
-        "teacher temperature 0.05, scope `group`",
+        "teacher temperature 0.1, scope `batch`",
         "group size G=2",
-        "k ~ U{0..1} examples",
-        "AdamW lr 0.0002",
+        "(G=1 in those batches)",
+        "| few-shot | none (`max_shots = 0`) |",
+        "AdamW lr 0.001",
         "2 steps,",
         f"`bi:{tmp_path / 'tiny-base'}",
         f"`{demo_path('demo:train/qnli.jsonl')}` | GLUE QNLI dev split",
@@ -252,8 +253,9 @@ def test_pipeline_force_and_a_changed_config_restart_training_instead_of_refusin
     run(cfg)
     again = run(cfg, force=True)  # the train folder holds the first run: --force replaces it
     assert "train" in again["timings"]
-    changed = replace(cfg, train=replace(cfg.train, optim=replace(cfg.train.optim, lr=1e-3)))
+    lr = cfg.train.optim.lr / 2
+    changed = replace(cfg, train=replace(cfg.train, optim=replace(cfg.train.optim, lr=lr)))
     other = run(changed)  # another training config in the same folder: trained afresh, not resumed
     assert "train" in other["timings"]
     saved = json.loads((tmp_path / "run" / "train" / "model" / "training.json").read_text())
-    assert saved["config"]["optim"]["lr"] == 1e-3 and saved["steps"] == cfg.train.optim.max_steps
+    assert saved["config"]["optim"]["lr"] == lr and saved["steps"] == cfg.train.optim.max_steps

@@ -143,7 +143,9 @@ def _recipe(cfg: dict[str, Any], training: dict[str, Any]) -> list[str]:
         (
             "few-shot",
             f"k ~ U{{0..{data.get('max_shots')}}} examples per query, each clipped to "
-            f"{data.get('shot_max_tokens')} tokens, at most {data.get('examples_max_length')} tokens in all",
+            f"{data.get('shot_max_tokens')} tokens, at most {data.get('examples_max_length')} tokens in all"
+            if data.get("max_shots")
+            else "none (`max_shots = 0`)",
         ),
         (
             "optimiser",

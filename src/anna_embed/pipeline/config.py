@@ -15,6 +15,7 @@ from anna_embed.mine.config import MineConfig
 from anna_embed.train.config import (
     DataSection,
     LoraSection,
+    LossSection,
     ModelSection,
     OptimSection,
     RunSection,
@@ -132,8 +133,12 @@ DEMO_CONFIG = PipelineConfig(
     train=TrainConfig(
         model=ModelSection(name="smollm2-135m-instruct", dtype="auto", max_length=96),
         lora=LoraSection(r=8, alpha=16),
-        data=DataSection(group_size=2, max_shots=1, shot_max_tokens=32, examples_max_length=96),
-        optim=OptimSection(batch_size=8, lr=2e-4, warmup_steps=3, max_steps=30),
+        # The recipe that measured best at small budgets (docs/RESULTS.md, issue 11): in-batch InfoNCE plus
+        # the teacher's soft labels over the whole batch; no few-shot examples and no mined negatives for
+        # pairs (both cost points for a 135M student this short); classification keeps its label negatives.
+        data=DataSection(group_size=2, max_shots=0, in_batch_group_size=1),
+        loss=LossSection(teacher_temperature=0.1, distill_scope="batch"),
+        optim=OptimSection(batch_size=8, lr=1e-3, warmup_steps=3, max_steps=30),
         run=RunSection(save_every=10),
     ),
 )
