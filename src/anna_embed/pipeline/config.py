@@ -121,7 +121,7 @@ class PipelineConfig:
     classification_layout: Literal["text", "label"] = "text"
 
 
-#: The demo: about 10 minutes on 2 CPU cores (see docs/RESULTS.md for the measured wall time).
+#: The demo: about 3 minutes on 2 CPU cores with the models cached (measured times: docs/RESULTS.md).
 DEMO_CONFIG = PipelineConfig(
     output_dir="outputs/demo",
     sources=(
