@@ -1,7 +1,7 @@
 """Issue 11 follow-up (2026-12-06): merge this session's single-pillar runs with the final ablation's rows.
 
 Reads each variant's student result folder under /work/exp11/s{0,1}/ (written by drive.py), adds the rows of
-docs/results/ablation/final/seed{S}.json (inbatch_only, full, full_batch, base, teacher: the 2026-11-30
+docs/results/ablation/final_B/seed{S}.json (inbatch_only, full, full_batch, base, teacher: the 2026-11-30
 runs on a Zen 5 CPU), and writes seed{S}.json / tables.md beside this file: Mean(Task) on the ten tasks
 (nine + SciFact) and on the nine tasks, per-task scores, Borda ranks over all rows, training cost.
 
@@ -16,7 +16,7 @@ from anna_embed.scores import borda, mean_task
 
 EXP = Path("/work/exp11")
 HERE = Path(__file__).resolve().parent
-FINAL = HERE.parent / "final"
+FINAL = HERE.parent / "final_B"
 TEN = ["STS12", "STS16", "STS17", "STSBenchmark", "SICK-R", "Banking77Classification",
        "MassiveScenarioClassification", "TwitterSemEval2015", "SummEvalSummarization.v2", "SciFact"]
 NINE = TEN[:-1]

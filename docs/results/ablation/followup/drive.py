@@ -3,7 +3,7 @@ ablation report already lists its variant is skipped.
 
 Queue line: VARIANT SEED TOKENS [KEY=VALUE ...]. Every run: configs/ablation.toml (SmolLM2-135M-Instruct +
 LoRA r 8, lr 1e-3, batch 8, EmbeddingGemma-300M rescoring), the nine tasks + SciFact on the test sets,
-the teacher and the base model not re-evaluated (their scores are in docs/results/ablation/final/).
+the teacher and the base model not re-evaluated (their scores are in docs/results/ablation/final_B/).
 """
 import json, os, subprocess, sys, time
 from pathlib import Path
