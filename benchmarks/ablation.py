@@ -13,7 +13,10 @@ Variants (each a set of config overrides on one pipeline config):
   default: ``--only full,label_layout``);
 * ``full_batch``: the full recipe with soft labels over every candidate of the batch
   (``train.loss.distill_scope = "batch"``: a bi-encoder reranker's vectors, saved by mining, give the
-  teacher's score of every (query, document) pair the student scores; not run by default);
+  teacher's score of every (query, document) pair the student scores; not run by default; the same as
+  ``full`` under ``configs/ablation.toml``, which sets the batch scope since 2026-12-06);
+* ``full_group``: the full recipe with the paper's soft labels over each query's own group only
+  (``train.loss.distill_scope = "group"``; not run by default);
 * ``hardneg_only``: ``inbatch_only`` plus the mined hard negatives (no examples, no KL): the hard-negative
   pillar alone (not run by default);
 * ``inbatch_shots``: ``inbatch_only`` with the few-shot examples kept (training and evaluation): the
@@ -84,6 +87,7 @@ VARIANTS: dict[str, list[str] | Callable[[Any], list[str]]] = {
     ],
     "label_layout": ["classification_layout=label"],
     "full_batch": ["train.loss.distill_scope=batch"],
+    "full_group": ["train.loss.distill_scope=group"],
     "hardneg_only": ["train.loss.kl_weight=0", "train.data.max_shots=0", "eval.shots=0"],
     "inbatch_shots": ["train.data.in_batch_group_size=1", "train.loss.kl_weight=0"],
     "inbatch_distill": [

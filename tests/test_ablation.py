@@ -69,6 +69,13 @@ def test_each_variant_removes_exactly_its_pillar(ablation, tmp_path):
     ish = cfg["inbatch_shots"]
     assert replace(ish.train.data, max_shots=0) == ib.train.data and ish.train.loss == ib.train.loss
     assert ish.train.data.max_shots == full.train.data.max_shots and ish.eval == full.eval
+    # full_batch / full_group: only the soft labels' scope differs from the full recipe
+    for name, scope in [("full_batch", "batch"), ("full_group", "group")]:
+        c = cfg[name]
+        assert c.train.loss.distill_scope == scope, name
+        assert replace(c.train.loss, distill_scope=full.train.loss.distill_scope) == full.train.loss, name
+        assert (c.train.data, c.mine, c.eval) == (full.train.data, full.mine, full.eval), name
+    assert full.train.loss.distill_scope == "batch"  # configs/ablation.toml: the final ablation's setting
     # label_layout changes only how classification sources become records
     ll = cfg["label_layout"]
     assert ll.classification_layout == "label" and full.classification_layout == "text"
