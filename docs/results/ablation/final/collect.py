@@ -80,7 +80,7 @@ for seed in (0, 1):
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["mean_task_nine"]):
         c, gap = r["cost"], costs_nine.get(r["model"])
-        lines.append(f"| {r['model']} | {r['mean_task_nine']} | {r['mean_task']:.2f} | "
+        lines.append(f"| {r['model']} | {r['mean_task_nine']:.2f} | {r['mean_task']:.2f} | "
                      f"{'' if gap is None else f'{gap:+.2f}'} | {c['steps']} | {c['tokens']:,} | {c['train_seconds']} |")
     lines.append("")
 if summary:
@@ -89,14 +89,27 @@ if summary:
               "| model | seed 0 | seed 1 | mean | vs inbatch_only per seed | mean gap |", "|---|---:|---:|---:|---:|---:|"]
     for m, per in summary.items():
         gaps = [per[s] - ref[s] for s in per if s in ref]
-        lines.append(f"| {m} | {per.get(0, '')} | {per.get(1, '')} | {mean(list(per.values()))} | "
+        cells = " | ".join(f"{per[s]:.2f}" if s in per else "" for s in (0, 1))
+        lines.append(f"| {m} | {cells} | {mean(list(per.values())):.2f} | "
                      + " / ".join(f"{g:+.2f}" for g in gaps) + (f" | {mean(gaps):+.2f} |" if gaps else " | |"))
+    # what each pillar earns inside the full recipe: full minus the variant without it (per seed, mean)
+    lines += ["", "## Each pillar inside the full recipe (Mean(Task) on the nine, paired by seed)", "",
+              "| pillar | comparison | seed 0 | seed 1 | mean |", "|---|---|---:|---:|---:|"]
+    for pillar, a, b in [("few-shot examples", "full", "no_shots"), ("soft labels", "full", "no_soft_labels"),
+                         ("margin filter", "full", "no_margin_filter"),
+                         ("mined hard negatives (no examples; + soft labels)", "no_shots", "inbatch_distill"),
+                         ("batch-wide vs group soft labels", "full", "full_group"),
+                         ("curriculum (23 in-batch steps first)", "curriculum", "full")]:
+        if a in summary and b in summary:
+            gaps = {s: summary[a][s] - summary[b][s] for s in (0, 1) if s in summary[a] and s in summary[b]}
+            cells = " | ".join(f"{gaps[s]:+.2f}" if s in gaps else "" for s in (0, 1))
+            lines.append(f"| {pillar} | {a} - {b} | {cells} | {mean(list(gaps.values())):+.2f} |")
     both = {m: mean(list(p.values())) for m, p in summary.items() if len(p) == 2}
     best = max((m for m in FULL_RECIPE if m in both), key=both.get, default=None)
     if best and "inbatch_only" in both:
-        lines += ["", f"Best full-recipe variant (all three pillars on), mean of both seeds: {best} {both[best]}, "
+        lines += ["", f"Best full-recipe variant (all three pillars on), mean of both seeds: {best} {both[best]:.2f}, "
                   f"{both[best] - both['inbatch_only']:+.2f} vs inbatch_only (goal: >= +1.0). Best student: "
-                  f"{max(both, key=both.get)} {max(both.values())} (goal: >= 50)."]
+                  f"{max(both, key=both.get)} {max(both.values()):.2f} (goal: >= 50)."]
 (HERE / "tables.md").write_text("\n".join(lines) + "\n")
 run_dir = NEW.parent
 for name in ("commands.txt", "drive.log", "drive.py"):
