@@ -104,7 +104,7 @@ if summary:
             gaps = {s: summary[a][s] - summary[b][s] for s in (0, 1) if s in summary[a] and s in summary[b]}
             cells = " | ".join(f"{gaps[s]:+.2f}" if s in gaps else "" for s in (0, 1))
             lines.append(f"| {pillar} | {a} - {b} | {cells} | {mean(list(gaps.values())):+.2f} |")
-    both = {m: mean(list(p.values())) for m, p in summary.items() if len(p) == 2}
+    both = {m: sum(p.values()) / 2 for m, p in summary.items() if len(p) == 2}
     best = max((m for m in FULL_RECIPE if m in both), key=both.get, default=None)
     if best and "inbatch_only" in both:
         lines += ["", f"Best full-recipe variant (all three pillars on), mean of both seeds: {best} {both[best]:.2f}, "
